@@ -1,0 +1,31 @@
+import type { IncomingHttpHeaders } from 'node:http';
+
+/**
+ * The attributes an authorization decision reads. authz/ declares them; proxy/ fills one
+ * fixed-shape object per request (RequestContext), and `portcullis check`, the reference evaluator
+ * and the benchmarks fill the same shape. Strings are '' (not undefined) when absent so that every
+ * request object has one hidden class.
+ */
+export interface RequestAttributes {
+  /** Uppercase method, as received. */
+  readonly method: string;
+  /** The authority (Host header), lowercased, with any port. */
+  readonly host: string;
+  /** The path that is authorized and forwarded, without the query string. */
+  readonly path: string;
+  /** The query string without '?', or ''. */
+  readonly query: string;
+  readonly headers: IncomingHttpHeaders;
+  /** The direct peer's address and port (the TCP connection's remote end). */
+  readonly sourceAddress: string;
+  readonly sourcePort: number;
+  /** The local address and port the connection arrived on. */
+  readonly destinationAddress: string;
+  readonly destinationPort: number;
+  /** TLS SNI, or '' for plaintext or no SNI. */
+  readonly sni: string;
+  /** The peer's SPIFFE ID without `spiffe://` (Istio's `source.principal`), or '' without mTLS. */
+  readonly peerPrincipal: string;
+  /** The namespace in the peer's SPIFFE ID path (`/ns/<ns>/…`), or ''. */
+  readonly peerNamespace: string;
+}

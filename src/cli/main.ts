@@ -1,0 +1,283 @@
+#!/usr/bin/env node
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { formatHostPort } from '../config/address.js';
+import { parseDuration } from '../config/duration.js';
+import { loadConfigFile } from '../config/load.js';
+import { ConfigError, formatIssue, PortcullisError } from '../errors.js';
+import { initCaDir, issueToFiles } from '../identity/dev-ca.js';
+import { SpiffeId } from '../identity/spiffe-id.js';
+import { loadSnapshot } from '../proxy/snapshot.js';
+import { parse, required, str, strs } from './args.js';
+import { runDemo } from './demo.js';
+
+const HELP = `portcullis — a zero-trust policy enforcement point (mTLS + SPIFFE, Istio security policies)
+
+Usage:
+  portcullis run [-c FILE]         start the proxy (default config: ./portcullis.yaml)
+  portcullis validate [-c FILE]    check a config, its certificates and policies; exit 1 on any error
+  portcullis ca init ...           make a development CA for a trust domain
+  portcullis ca issue ...          issue an X.509-SVID from a development CA
+  portcullis demo                  run a self-contained demo (what "npm start" runs)
+
+Options:
+  -h, --help       help for any command (e.g. portcullis ca issue --help)
+  -v, --version    print the version
+
+Exit codes: 0 success, 1 invalid config or failed check, 2 usage error.
+`;
+
+const RUN_HELP = `portcullis run [-c FILE]
+
+Starts the proxy with the given config (default ./portcullis.yaml). Relative paths in the config
+resolve against the config file's folder. Logs are JSON lines on stderr.
+
+Signals:
+  SIGTERM, SIGINT   graceful shutdown: stop accepting, drain in-flight requests, exit 0
+  SIGHUP            re-read certificates, trust bundles and policies (also done on file change)
+
+Options:
+  -c, --config FILE   config file (default ./portcullis.yaml)
+`;
+
+const VALIDATE_HELP = `portcullis validate [-c FILE]
+
+Loads the config, the proxy's certificate and key, the trust bundles and every policy, exactly as
+"run" would, without listening. Prints a summary, or every problem found (file, field, problem)
+and exits 1.
+
+Options:
+  -c, --config FILE   config file (default ./portcullis.yaml)
+`;
+
+const CA_HELP = `portcullis ca init --trust-domain TD --out DIR [--ttl DURATION]
+portcullis ca issue --ca DIR --spiffe-id ID --out PREFIX [--dns NAME]... [--ttl DURATION]
+
+A development CA (EC P-256, ECDSA-SHA256). Not for production.
+
+ca init writes DIR/ca.pem, DIR/ca.key (mode 0600) and DIR/bundle.pem (the trust bundle to give
+peers). --ttl defaults to 365d.
+
+ca issue writes PREFIX.pem and PREFIX.key (mode 0600): an X.509-SVID carrying the SPIFFE ID as
+its one URI SAN, usable as client and server certificate. --dns adds DNS SANs (for clients such as
+curl that check the server's host name). --ttl defaults to 24h. Durations: 90s, 30m, 24h, 30d.
+`;
+
+const DEMO_HELP = `portcullis demo [--port N] [--admin-port N] [--dir DIR] [--once] [--verbose]
+
+Makes a throwaway CA and SVIDs, starts an echo upstream and the proxy in front of it with the
+policies in examples/demo/, makes three calls (an allowed one, a wrong identity, no certificate),
+prints curl commands to try, and runs until Ctrl-C.
+
+Options:
+  --port N         proxy port (default 15006; 0 picks a free one)
+  --admin-port N   admin port (default 15000; 0 picks a free one)
+  --dir DIR        keep the files in DIR (default: a temp folder removed on exit)
+  --once           make the three calls and exit (0 if all behaved as expected)
+  --verbose        show the proxy's own logs
+`;
+
+function version(): string {
+  const pkg = JSON.parse(
+    readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8'),
+  ) as {
+    version: string;
+  };
+  return pkg.version;
+}
+
+function durationFlag(v: unknown, flag: string): number | undefined {
+  const s = str(v);
+  if (s === undefined) return undefined;
+  const ms = parseDuration(s);
+  if (ms === null || ms <= 0)
+    throw new PortcullisError('ERR_USAGE', `${flag}: "${s}" is not a duration (e.g. 24h, 30d)`);
+  return ms;
+}
+
+function portFlag(v: unknown, flag: string, dflt: number): number {
+  const s = str(v);
+  if (s === undefined) return dflt;
+  const n = Number(s);
+  if (!/^\d+$/.test(s) || n > 65535)
+    throw new PortcullisError('ERR_USAGE', `${flag}: "${s}" is not a port number`);
+  return n;
+}
+
+type Out = (line: string) => void;
+
+async function cmdRun(args: string[], out: Out): Promise<number> {
+  const { values } = parse(args, { config: { type: 'string', short: 'c' } });
+  if (values.help) return help(out, RUN_HELP);
+  const config = loadConfigFile(str(values.config) ?? 'portcullis.yaml');
+  const { Portcullis } = await import('../proxy/portcullis.js');
+  const proxy = await Portcullis.start(config);
+  return new Promise<number>((resolveExit) => {
+    let stopping = false;
+    const stop = (signal: string): void => {
+      if (stopping) return;
+      stopping = true;
+      proxy.log.info({ signal }, 'shutting down');
+      proxy.close().then(
+        () => resolveExit(0),
+        (err: unknown) => {
+          proxy.log.error({ err }, 'shutdown failed');
+          resolveExit(1);
+        },
+      );
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+    process.on('SIGHUP', () => proxy.reload('SIGHUP'));
+  });
+}
+
+function cmdValidate(args: string[], out: Out): number {
+  const { values } = parse(args, { config: { type: 'string', short: 'c' } });
+  if (values.help) return help(out, VALIDATE_HELP);
+  const config = loadConfigFile(str(values.config) ?? 'portcullis.yaml');
+  const snap = loadSnapshot(config, 1);
+  out(`${config.file}: OK`);
+  out(
+    `  identity: ${snap.credentials.spiffeId.id} (certificate valid until ${new Date(snap.credentials.notAfter).toISOString()})`,
+  );
+  out(`  trust domains: ${snap.bundles.domains.join(', ')}`);
+  out(
+    `  policies: ${snap.policies.files.length} file(s), ${snap.policies.peerAuthentications.length} PeerAuthentication`,
+  );
+  for (const l of config.listeners) {
+    const pa = snap.peerAuthn.get(l.name);
+    out(
+      `  listener ${l.name}: ${formatHostPort(l.address)} -> ${l.upstream}, mTLS ${pa?.mode} (${pa?.source})`,
+    );
+  }
+  if (config.admin !== null) out(`  admin: ${formatHostPort(config.admin.address)}`);
+  return 0;
+}
+
+async function cmdCa(args: string[], out: Out): Promise<number> {
+  const sub = args[0];
+  const rest = args.slice(1);
+  if (sub === undefined || sub === '--help' || sub === '-h') return help(out, CA_HELP);
+  if (sub === 'init') {
+    const { values } = parse(rest, {
+      'trust-domain': { type: 'string' },
+      out: { type: 'string' },
+      ttl: { type: 'string' },
+    });
+    if (values.help) return help(out, CA_HELP);
+    const td = required(values['trust-domain'], '--trust-domain');
+    const dir = resolve(required(values.out, '--out'));
+    await initCaDir(dir, td, durationFlag(values.ttl, '--ttl'));
+    out(`wrote ${dir}/ca.pem, ${dir}/ca.key, ${dir}/bundle.pem for trust domain ${td}`);
+    return 0;
+  }
+  if (sub === 'issue') {
+    const { values } = parse(rest, {
+      ca: { type: 'string' },
+      'spiffe-id': { type: 'string' },
+      out: { type: 'string' },
+      dns: { type: 'string', multiple: true },
+      ttl: { type: 'string' },
+    });
+    if (values.help) return help(out, CA_HELP);
+    const caDir = resolve(required(values.ca, '--ca'));
+    const id = SpiffeId.parse(required(values['spiffe-id'], '--spiffe-id'));
+    const prefix = resolve(required(values.out, '--out'));
+    await issueToFiles(caDir, id.id, prefix, {
+      dnsNames: strs(values.dns),
+      ttlMs: durationFlag(values.ttl, '--ttl'),
+    });
+    out(`wrote ${prefix}.pem and ${prefix}.key for ${id.id}`);
+    return 0;
+  }
+  throw new PortcullisError('ERR_USAGE', `unknown ca command "${sub}" (use init or issue)`);
+}
+
+async function cmdDemo(args: string[], out: Out): Promise<number> {
+  const { values } = parse(args, {
+    port: { type: 'string' },
+    'admin-port': { type: 'string' },
+    dir: { type: 'string' },
+    once: { type: 'boolean' },
+    verbose: { type: 'boolean' },
+  });
+  if (values.help) return help(out, DEMO_HELP);
+  const dir = str(values.dir);
+  return runDemo({
+    port: portFlag(values.port, '--port', 15006),
+    adminPort: portFlag(values['admin-port'], '--admin-port', 15000),
+    dir: dir === undefined ? undefined : resolve(dir),
+    once: values.once === true,
+    logLevel: values.verbose === true ? 'info' : 'error',
+    out,
+  });
+}
+
+function help(out: Out, text: string): number {
+  out(text.trimEnd());
+  return 0;
+}
+
+/** Runs the CLI; resolves with the exit code. Errors are printed, never thrown. */
+export async function main(
+  argv: string[],
+  out: Out = console.log,
+  err: Out = console.error,
+): Promise<number> {
+  const [cmd, ...rest] = argv;
+  try {
+    switch (cmd) {
+      case 'run':
+        return await cmdRun(rest, out);
+      case 'validate':
+        return cmdValidate(rest, out);
+      case 'ca':
+        return await cmdCa(rest, out);
+      case 'demo':
+        return await cmdDemo(rest, out);
+      case '-v':
+      case '--version':
+        out(version());
+        return 0;
+      case undefined:
+      case '-h':
+      case '--help':
+      case 'help':
+        return help(out, HELP);
+      default:
+        throw new PortcullisError('ERR_USAGE', `unknown command "${cmd}"`);
+    }
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      err(
+        `portcullis: invalid configuration (${e.issues.length} problem${e.issues.length === 1 ? '' : 's'}):`,
+      );
+      for (const issue of e.issues) err(`  ${formatIssue(issue)}`);
+      return 1;
+    }
+    if (e instanceof PortcullisError && e.code === 'ERR_USAGE') {
+      err(`portcullis: ${e.message}\nRun "portcullis --help" for usage.`);
+      return 2;
+    }
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EADDRINUSE' || code === 'EACCES') {
+      err(`portcullis: cannot listen: ${(e as Error).message}`);
+      return 1;
+    }
+    err(`portcullis: ${(e as Error).message ?? String(e)}`);
+    return 1;
+  }
+}
+
+// Run when executed directly (also through the node_modules/.bin symlink), not when imported.
+const invoked = process.argv[1];
+if (invoked !== undefined) {
+  const { realpathSync } = await import('node:fs');
+  if (realpathSync(invoked) === fileURLToPath(import.meta.url)) {
+    main(process.argv.slice(2)).then((code) => {
+      process.exitCode = code;
+    });
+  }
+}

@@ -1,0 +1,193 @@
+import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { parseDocument } from 'yaml';
+import type { z } from 'zod';
+import { ConfigError, type ConfigIssue } from '../errors.js';
+import { formatHostPort, type HostPort } from './address.js';
+import { configSchema, type LimitsInput, type ParsedConfig } from './schema.js';
+
+export interface Limits {
+  readonly maxHeaderSize: number;
+  readonly headersTimeout: number;
+  readonly requestTimeout: number;
+  readonly keepAliveTimeout: number;
+  readonly handshakeTimeout: number;
+  readonly maxConnections: number;
+  readonly upstreamConnectTimeout: number;
+  readonly upstreamHeadersTimeout: number;
+  readonly upstreamBodyTimeout: number;
+  readonly upstreamConnections: number;
+}
+
+/** Safe defaults: short enough to shed slow-loris clients, long enough for ordinary APIs. */
+export const DEFAULT_LIMITS: Limits = {
+  maxHeaderSize: 16 * 1024,
+  headersTimeout: 10_000,
+  requestTimeout: 300_000,
+  keepAliveTimeout: 30_000,
+  handshakeTimeout: 10_000,
+  maxConnections: 10_000,
+  upstreamConnectTimeout: 3_000,
+  upstreamHeadersTimeout: 60_000,
+  upstreamBodyTimeout: 60_000,
+  upstreamConnections: 128,
+};
+
+export interface ListenerConfig {
+  readonly name: string;
+  readonly address: HostPort;
+  readonly upstream: string;
+  readonly workloadPort: number;
+  readonly limits: Limits;
+}
+
+/** A loaded config: validated, defaults applied, every path absolute. */
+export interface Config {
+  /** The file it came from (or a label such as `<inline>`), for messages. */
+  readonly file: string;
+  readonly trustDomain: string;
+  readonly rootNamespace: string;
+  readonly workload: {
+    readonly namespace: string;
+    readonly serviceAccount?: string;
+    readonly labels: Record<string, string>;
+  };
+  readonly identity: {
+    readonly cert: string;
+    readonly key: string;
+    readonly bundles: Readonly<Record<string, string>>;
+  };
+  readonly listeners: readonly ListenerConfig[];
+  readonly policies: readonly string[];
+  readonly admin: { readonly address: HostPort } | null;
+  readonly shutdown: { readonly drainTimeout: number };
+  readonly watch: boolean;
+  readonly log: { readonly level: string };
+}
+
+function fieldPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const p of path) {
+    if (typeof p === 'number') out += `[${p}]`;
+    else out += out === '' ? String(p) : `.${String(p)}`;
+  }
+  return out;
+}
+
+function zodIssues(file: string, error: z.ZodError): ConfigIssue[] {
+  const out: ConfigIssue[] = [];
+  for (const issue of error.issues) {
+    if (issue.code === 'unrecognized_keys') {
+      for (const key of issue.keys) {
+        out.push({ file, field: fieldPath([...issue.path, key]), message: 'unknown field' });
+      }
+      continue;
+    }
+    let message = issue.message;
+    if (issue.code === 'invalid_type' && /received undefined/.test(message)) message = 'is required';
+    out.push({ file, field: fieldPath(issue.path), message });
+  }
+  return out;
+}
+
+function mergeLimits(...layers: (LimitsInput | undefined)[]): Limits {
+  const out: Record<string, number> = { ...DEFAULT_LIMITS };
+  for (const layer of layers) {
+    if (layer === undefined) continue;
+    for (const [k, v] of Object.entries(layer)) if (v !== undefined) out[k] = v;
+  }
+  return out as unknown as Limits;
+}
+
+function defaultPort(origin: string): number {
+  const url = new URL(origin);
+  if (url.port !== '') return Number(url.port);
+  return url.protocol === 'https:' ? 443 : 80;
+}
+
+/**
+ * Validates a config object; `baseDir` is where relative paths resolve (the config file's folder,
+ * never the current directory: the binary may be started from anywhere, through a symlink).
+ */
+export function configFromObject(raw: unknown, baseDir: string, file = '<inline>'): Config {
+  const parsed = configSchema.safeParse(raw ?? {});
+  if (!parsed.success) throw new ConfigError('ERR_CONFIG_INVALID', zodIssues(file, parsed.error));
+  const c: ParsedConfig = parsed.data;
+  const issues: ConfigIssue[] = [];
+  const abs = (p: string): string => (isAbsolute(p) ? p : resolve(baseDir, p));
+
+  if (c.identity.bundles[c.trustDomain] === undefined) {
+    issues.push({
+      file,
+      field: 'identity.bundles',
+      message: `no bundle for the workload's own trust domain "${c.trustDomain}"`,
+    });
+  }
+  const names = new Set<string>();
+  const addresses = new Map<string, number>();
+  c.listeners.forEach((l, i) => {
+    if (names.has(l.name))
+      issues.push({ file, field: `listeners[${i}].name`, message: `duplicate listener name "${l.name}"` });
+    names.add(l.name);
+    const addr = formatHostPort(l.address);
+    if (l.address.port !== 0 && addresses.has(addr)) {
+      issues.push({
+        file,
+        field: `listeners[${i}].address`,
+        message: `${addr} is already used by listeners[${addresses.get(addr)}]`,
+      });
+    }
+    addresses.set(addr, i);
+  });
+  if (c.admin !== undefined && c.admin.address.port !== 0 && addresses.has(formatHostPort(c.admin.address))) {
+    issues.push({ file, field: 'admin.address', message: 'the admin address is also a listener address' });
+  }
+  if (issues.length > 0) throw new ConfigError('ERR_CONFIG_INVALID', issues);
+
+  const bundles: Record<string, string> = {};
+  for (const [td, p] of Object.entries(c.identity.bundles)) bundles[td] = abs(p);
+  return {
+    file,
+    trustDomain: c.trustDomain,
+    rootNamespace: c.rootNamespace,
+    workload: c.workload,
+    identity: { cert: abs(c.identity.cert), key: abs(c.identity.key), bundles },
+    listeners: c.listeners.map((l) => ({
+      name: l.name,
+      address: l.address,
+      upstream: l.upstream,
+      workloadPort: l.workloadPort ?? defaultPort(l.upstream),
+      limits: mergeLimits(c.limits, l.limits),
+    })),
+    policies: c.policies.map(abs),
+    admin: c.admin ?? null,
+    shutdown: c.shutdown,
+    watch: c.watch,
+    log: c.log,
+  };
+}
+
+/** Reads and validates portcullis.yaml. Throws ConfigError naming file, field and problem. */
+export function loadConfigFile(path: string): Config {
+  const file = resolve(path);
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'file not found' : `cannot read (${code})`;
+    throw new ConfigError('ERR_CONFIG_INVALID', [{ file, field: '', message: why }]);
+  }
+  const doc = parseDocument(text, { prettyErrors: false });
+  if (doc.errors.length > 0) {
+    throw new ConfigError(
+      'ERR_CONFIG_INVALID',
+      doc.errors.map((e) => ({
+        file,
+        field: '',
+        message: `YAML syntax error at line ${e.linePos?.[0]?.line ?? '?'}: ${e.message.split('\n')[0]}`,
+      })),
+    );
+  }
+  return configFromObject(doc.toJS(), dirname(file), file);
+}

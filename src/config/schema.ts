@@ -1,0 +1,138 @@
+import { z } from 'zod';
+import { trustDomainProblem } from '../identity/spiffe-id.js';
+import { type HostPort, parseHostPort } from './address.js';
+import { parseDuration } from './duration.js';
+
+/**
+ * The portcullis.yaml schema. Objects are strict: an unknown field is an error, because a typo in a
+ * security config (`requireCert` for `requireCerts`) must not silently mean "use the default".
+ */
+
+const duration = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  const ms = parseDuration(v);
+  if (ms === null) {
+    ctx.addIssue({ code: 'custom', message: `"${v}" is not a duration (use e.g. 500ms, 5s, 10m, 1h)` });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+const hostPort = z.string().transform((v, ctx): HostPort => {
+  const hp = parseHostPort(v);
+  if (hp === null) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `"${v}" is not host:port (e.g. 127.0.0.1:15006 or [::1]:15006)`,
+    });
+    return z.NEVER;
+  }
+  return hp;
+});
+
+const trustDomain = z.string().superRefine((v, ctx) => {
+  const problem = trustDomainProblem(v);
+  if (problem !== null) ctx.addIssue({ code: 'custom', message: `invalid trust domain "${v}": ${problem}` });
+});
+
+const upstream = z.string().transform((v, ctx) => {
+  let url: URL;
+  try {
+    url = new URL(v);
+  } catch {
+    ctx.addIssue({ code: 'custom', message: `"${v}" is not a URL (e.g. http://127.0.0.1:8080)` });
+    return z.NEVER;
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    ctx.addIssue({
+      code: 'custom',
+      message: `the upstream must be an http:// or https:// URL, not ${url.protocol}`,
+    });
+    return z.NEVER;
+  }
+  if ((url.pathname !== '/' && url.pathname !== '') || url.search || url.hash || url.username) {
+    ctx.addIssue({
+      code: 'custom',
+      message: 'the upstream is an origin only (scheme, host, port), without path or query',
+    });
+    return z.NEVER;
+  }
+  return url.origin;
+});
+
+const port = z.number().int().min(1).max(65535);
+
+export const limitsSchema = z.strictObject({
+  /** Largest request head (request line and headers) accepted, in bytes (Node's --max-http-header-size). */
+  maxHeaderSize: z
+    .number()
+    .int()
+    .min(1024)
+    .max(1024 * 1024)
+    .optional(),
+  /** Time a client has to send the whole request head. */
+  headersTimeout: duration.optional(),
+  /** Time a client has to send the whole request, body included (0 = no limit). */
+  requestTimeout: duration.optional(),
+  /** How long an idle keep-alive connection from a client stays open. */
+  keepAliveTimeout: duration.optional(),
+  /** Time a client has to finish the TLS handshake. */
+  handshakeTimeout: duration.optional(),
+  /** Most client connections open at once per listener; more are refused at accept. */
+  maxConnections: z.number().int().min(1).optional(),
+  /** Time to connect to the upstream before answering 503. */
+  upstreamConnectTimeout: duration.optional(),
+  /** Time the upstream has to send response headers before answering 504. */
+  upstreamHeadersTimeout: duration.optional(),
+  /** Longest pause between two chunks of an upstream response body. */
+  upstreamBodyTimeout: duration.optional(),
+  /** Most connections to the upstream per listener. */
+  upstreamConnections: z.number().int().min(1).optional(),
+});
+
+export type LimitsInput = z.infer<typeof limitsSchema>;
+
+export const configSchema = z.strictObject({
+  trustDomain,
+  /** Istio's root namespace: resources there apply to every workload. */
+  rootNamespace: z.string().min(1).default('istio-system'),
+  workload: z
+    .strictObject({
+      namespace: z.string().min(1).default('default'),
+      serviceAccount: z.string().min(1).optional(),
+      labels: z.record(z.string(), z.string()).default({}),
+    })
+    .default({ namespace: 'default', labels: {} }),
+  identity: z.strictObject({
+    cert: z.string().min(1),
+    key: z.string().min(1),
+    bundles: z.record(trustDomain, z.string().min(1)).refine((b) => Object.keys(b).length > 0, {
+      message: 'at least one trust bundle is needed',
+    }),
+  }),
+  listeners: z
+    .array(
+      z.strictObject({
+        name: z.string().regex(/^[a-zA-Z0-9_.-]+$/, 'a listener name uses letters, digits, ".", "-" and "_"'),
+        address: hostPort,
+        upstream,
+        /** The workload port Istio policies refer to (portLevelMtls); defaults to the upstream's port. */
+        workloadPort: port.optional(),
+        limits: limitsSchema.optional(),
+      }),
+    )
+    .min(1, 'at least one listener is needed'),
+  policies: z.array(z.string().min(1)).default([]),
+  admin: z.strictObject({ address: hostPort }).optional(),
+  limits: limitsSchema.default({}),
+  shutdown: z.strictObject({ drainTimeout: duration.default(15_000) }).default({ drainTimeout: 15_000 }),
+  /** Re-read certificates, bundles and policies when their files change. */
+  watch: z.boolean().default(true),
+  log: z
+    .strictObject({
+      level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    })
+    .default({ level: 'info' }),
+});
+
+export type ConfigInput = z.input<typeof configSchema>;
+export type ParsedConfig = z.output<typeof configSchema>;

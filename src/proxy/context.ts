@@ -1,0 +1,68 @@
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import type { TLSSocket } from 'node:tls';
+import type { RequestAttributes } from '../authz/attributes.js';
+import type { PeerIdentity } from '../identity/verify-peer.js';
+import type { ListenerPlan } from './plan.js';
+
+/** Per-connection state hangs off the socket under symbols (sockets are not our objects). */
+export const kPeer = Symbol('portcullis.peer');
+
+export interface PortcullisSocket {
+  [kPeer]?: PeerIdentity | null;
+}
+
+/**
+ * One request's state, filled by the stages in order. Every field is assigned in the constructor
+ * so all requests share one object shape; absent values are '' / null / 0, never missing.
+ */
+export class RequestContext implements RequestAttributes {
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+  /** The plan (snapshot-bound stage sequence) this request started on; it finishes on it. */
+  readonly plan: ListenerPlan;
+  readonly startTime: number;
+  readonly peer: PeerIdentity | null;
+
+  method: string;
+  host: string;
+  path: string;
+  query: string;
+  readonly headers: IncomingHttpHeaders;
+  readonly sourceAddress: string;
+  readonly sourcePort: number;
+  readonly destinationAddress: string;
+  readonly destinationPort: number;
+  readonly sni: string;
+  readonly peerPrincipal: string;
+  readonly peerNamespace: string;
+  readonly tls: boolean;
+
+  /** The request target sent upstream (path and query), set by the request-line stage. */
+  forwardTarget: string;
+  upstreamStatus: number;
+
+  constructor(plan: ListenerPlan, req: IncomingMessage, res: ServerResponse) {
+    const socket = req.socket as TLSSocket & PortcullisSocket;
+    const peer = socket[kPeer] ?? null;
+    this.req = req;
+    this.res = res;
+    this.plan = plan;
+    this.startTime = performance.now();
+    this.peer = peer;
+    this.method = req.method ?? '';
+    this.host = '';
+    this.path = '';
+    this.query = '';
+    this.headers = req.headers;
+    this.sourceAddress = socket.remoteAddress ?? '';
+    this.sourcePort = socket.remotePort ?? 0;
+    this.destinationAddress = socket.localAddress ?? '';
+    this.destinationPort = socket.localPort ?? 0;
+    this.tls = socket.encrypted === true;
+    this.sni = this.tls && typeof socket.servername === 'string' ? socket.servername : '';
+    this.peerPrincipal = peer === null ? '' : peer.spiffeId.principal;
+    this.peerNamespace = peer === null ? '' : peer.spiffeId.namespace;
+    this.forwardTarget = '';
+    this.upstreamStatus = 0;
+  }
+}

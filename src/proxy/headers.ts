@@ -1,0 +1,91 @@
+import type { IncomingHttpHeaders } from 'node:http';
+
+/**
+ * Connection-specific fields (RFC 9110 §7.6.1) are not forwarded, in either direction, and
+ * neither are the fields that the Connection header names. `expect` is answered by this proxy
+ * (Node sends 100 Continue) and `proxy-connection` is the non-standard ancestor of Connection.
+ */
+const HOP_BY_HOP: ReadonlySet<string> = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'expect',
+]);
+
+/**
+ * Identity headers the proxy sets itself. Whatever a client sends under these names is dropped
+ * first, so a caller cannot claim an identity the proxy did not verify.
+ */
+const PROXY_SET: ReadonlySet<string> = new Set(['x-forwarded-client-cert', 'x-forwarded-proto']);
+
+export const XFCC = 'x-forwarded-client-cert';
+
+function connectionTokens(value: string | undefined): Set<string> | null {
+  if (value === undefined || value === '') return null;
+  const set = new Set<string>();
+  for (const t of value.split(',')) {
+    const tok = t.trim().toLowerCase();
+    if (tok !== '') set.add(tok);
+  }
+  return set.size === 0 ? null : set;
+}
+
+export interface ForwardedFor {
+  /** XFCC element for the verified peer, or '' without mTLS. */
+  readonly xfcc: string;
+  readonly proto: 'http' | 'https';
+  /** The direct peer's address, appended to X-Forwarded-For. */
+  readonly clientAddress: string;
+}
+
+/**
+ * The header list sent upstream, as a flat [name, value, …] array that undici takes as is.
+ * Built from rawHeaders so that names keep their case and repeated fields stay separate.
+ */
+export function upstreamRequestHeaders(
+  rawHeaders: readonly string[],
+  connection: string | undefined,
+  fwd: ForwardedFor,
+): string[] {
+  const listed = connectionTokens(connection);
+  const out: string[] = [];
+  let xff = '';
+  for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] as string;
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower) || PROXY_SET.has(lower)) continue;
+    if (listed?.has(lower)) continue;
+    const value = rawHeaders[i + 1] as string;
+    if (lower === 'x-forwarded-for') {
+      xff = xff === '' ? value : `${xff}, ${value}`;
+      continue;
+    }
+    out.push(name, value);
+  }
+  out.push('x-forwarded-for', xff === '' ? fwd.clientAddress : `${xff}, ${fwd.clientAddress}`);
+  out.push('x-forwarded-proto', fwd.proto);
+  if (fwd.xfcc !== '') out.push(XFCC, fwd.xfcc);
+  return out;
+}
+
+/** Removes connection-specific fields from an upstream response's headers, in place. */
+export function stripResponseHopByHop(headers: IncomingHttpHeaders): IncomingHttpHeaders {
+  const conn = headers.connection;
+  const listed = connectionTokens(Array.isArray(conn) ? conn.join(',') : conn);
+  for (const name of HOP_BY_HOP) if (headers[name] !== undefined) delete headers[name];
+  if (listed !== null) for (const name of listed) delete headers[name];
+  return headers;
+}
+
+/**
+ * Envoy's XFCC element for a verified peer: `By=<our SPIFFE ID>;Hash=<hex SHA-256 of the peer's
+ * DER certificate>;URI=<peer SPIFFE ID>`. SPIFFE IDs cannot contain `;`, `,`, `"` or `=`, so no
+ * quoting is needed.
+ */
+export function xfccElement(by: string, hash: string, uri: string): string {
+  return `By=${by};Hash=${hash};URI=${uri}`;
+}

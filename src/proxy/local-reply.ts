@@ -1,0 +1,47 @@
+import type { ServerResponse } from 'node:http';
+
+/**
+ * A response the proxy makes itself (Envoy's "local reply"). Bodies and headers are built once at
+ * module load; sending one allocates nothing but the write.
+ */
+export class LocalReply {
+  readonly status: number;
+  readonly body: Buffer;
+  /** Short reason for logs and audit (e.g. `upstream-unavailable`). */
+  readonly reason: string;
+  readonly headers: Readonly<Record<string, string>>;
+
+  constructor(status: number, reason: string, body: string, extraHeaders?: Record<string, string>) {
+    this.status = status;
+    this.reason = reason;
+    this.body = Buffer.from(body.endsWith('\n') ? body : `${body}\n`);
+    this.headers = {
+      'content-type': 'text/plain; charset=utf-8',
+      'content-length': String(this.body.length),
+      ...extraHeaders,
+    };
+  }
+}
+
+// Bodies follow Envoy's wording where a mesh user would recognise it.
+export const REPLY_BAD_REQUEST = new LocalReply(400, 'bad-request', 'Bad Request', { connection: 'close' });
+export const REPLY_UPSTREAM_UNAVAILABLE = new LocalReply(
+  503,
+  'upstream-unavailable',
+  'upstream connect error or disconnect/reset before headers. reset reason: connection failure',
+);
+export const REPLY_UPSTREAM_TIMEOUT = new LocalReply(504, 'upstream-timeout', 'upstream request timeout');
+export const REPLY_UPSTREAM_ERROR = new LocalReply(502, 'upstream-error', 'upstream protocol error');
+export const REPLY_SHUTTING_DOWN = new LocalReply(503, 'shutting-down', 'the proxy is shutting down', {
+  connection: 'close',
+});
+
+export function sendLocalReply(res: ServerResponse, reply: LocalReply): void {
+  if (res.headersSent) {
+    // Too late for a clean reply: cut the response so the client cannot take a partial body as whole.
+    res.destroy();
+    return;
+  }
+  res.writeHead(reply.status, reply.headers);
+  res.end(reply.body);
+}

@@ -1,0 +1,40 @@
+import type { RequestContext } from './context.js';
+import { LocalReply, sendLocalReply } from './local-reply.js';
+import type { StageResult } from './plan.js';
+
+/**
+ * Runs the plan's stages from `from`, then forwards. Synchronous stages cost a call and a
+ * comparison; only a stage that returns a promise (one that must wait on I/O) suspends the loop.
+ */
+export function runStages(ctx: RequestContext, from: number): void {
+  const stages = ctx.plan.stages;
+  for (let i = from; i < stages.length; i++) {
+    let result: StageResult | Promise<StageResult>;
+    try {
+      result = (stages[i] as (typeof stages)[number]).run(ctx);
+    } catch (err) {
+      failClosed(ctx, err);
+      return;
+    }
+    if (result === null) continue;
+    if (result instanceof LocalReply) {
+      sendLocalReply(ctx.res, result);
+      return;
+    }
+    const next = i + 1;
+    result.then(
+      (r) => (r === null ? runStages(ctx, next) : sendLocalReply(ctx.res, r)),
+      (err: unknown) => failClosed(ctx, err),
+    );
+    return;
+  }
+  ctx.plan.upstream.forward(ctx);
+}
+
+const REPLY_INTERNAL = new LocalReply(500, 'internal-error', 'internal error');
+
+/** Any error inside a stage denies the request: a PEP that cannot decide must not let it through. */
+function failClosed(ctx: RequestContext, err: unknown): void {
+  ctx.plan.upstream.logger.error({ err }, 'request stage failed; denying the request');
+  sendLocalReply(ctx.res, REPLY_INTERNAL);
+}

@@ -1,0 +1,42 @@
+import type { EffectiveMode } from '../authn/peer-authn.js';
+import type { RequestContext } from './context.js';
+import type { LocalReply } from './local-reply.js';
+import type { Snapshot } from './snapshot.js';
+import type { Upstream } from './upstream.js';
+
+/** A stage either lets the request continue (null) or answers it (a local reply). */
+export type StageResult = LocalReply | null;
+
+/**
+ * One step of the request path (Envoy's HTTP filter): reads what earlier stages wrote on the
+ * context, writes its own part, and returns continue or a local reply. A stage the config does not
+ * need is left out of the plan rather than run as a no-op.
+ */
+export interface Stage {
+  readonly name: string;
+  run(ctx: RequestContext): StageResult | Promise<StageResult>;
+}
+
+/** What one listener does with requests under one snapshot; rebuilt when the snapshot changes. */
+export class ListenerPlan {
+  readonly snapshot: Snapshot;
+  readonly mode: EffectiveMode;
+  /** Which policy set the mode, for logs. */
+  readonly modeSource: string;
+  readonly stages: readonly Stage[];
+  readonly upstream: Upstream;
+
+  constructor(
+    snapshot: Snapshot,
+    mode: EffectiveMode,
+    modeSource: string,
+    stages: readonly Stage[],
+    upstream: Upstream,
+  ) {
+    this.snapshot = snapshot;
+    this.mode = mode;
+    this.modeSource = modeSource;
+    this.stages = stages;
+    this.upstream = upstream;
+  }
+}

@@ -1,0 +1,201 @@
+import type { AddressInfo } from 'node:net';
+import pino, { type Logger } from 'pino';
+import { AdminServer, type AdminStatus } from '../admin/server.js';
+import { formatHostPort } from '../config/address.js';
+import type { Config, ListenerConfig } from '../config/load.js';
+import { FolderWatcher } from '../config/watch.js';
+import { ConfigError, errorMessage } from '../errors.js';
+import { InboundListener } from './listener.js';
+import { ListenerPlan, type Stage } from './plan.js';
+import { loadSnapshot, type Snapshot } from './snapshot.js';
+import { RequestLineStage } from './stages/request-line.js';
+import { Upstream } from './upstream.js';
+
+export interface StartOptions {
+  /** A pino logger; by default JSON on stderr at the config's log level. */
+  logger?: Logger;
+}
+
+export function defaultLogger(level: string): Logger {
+  return pino({ level, base: { name: 'portcullis' } }, pino.destination({ dest: 2, sync: true }));
+}
+
+/**
+ * A running proxy: the current snapshot, the listeners serving it, the admin server and the file
+ * watcher. Reloads build a complete new snapshot first and swap only if it loads; otherwise the
+ * last good one stays in force and the error names file and field.
+ */
+export class Portcullis implements AdminStatus {
+  readonly config: Config;
+  readonly log: Logger;
+  readonly listeners: InboundListener[] = [];
+  snapshot: Snapshot;
+  private admin: AdminServer | null = null;
+  private watcher: FolderWatcher | null = null;
+  private readonly upstreams = new Map<string, Upstream>();
+  private listening = false;
+  private closing = false;
+  private generation = 1;
+  reloads = 0;
+  reloadFailures = 0;
+
+  private constructor(config: Config, snapshot: Snapshot, log: Logger) {
+    this.config = config;
+    this.snapshot = snapshot;
+    this.log = log;
+  }
+
+  /** Loads everything, then listens. Throws ConfigError (nothing is listening then) if the config does not load. */
+  static async start(config: Config, options: StartOptions = {}): Promise<Portcullis> {
+    const log = options.logger ?? defaultLogger(config.log.level);
+    const snapshot = loadSnapshot(config, 1, log);
+    const p = new Portcullis(config, snapshot, log);
+    try {
+      for (const lc of config.listeners) {
+        p.listeners.push(new InboundListener(lc, p.plan(lc, snapshot), log));
+      }
+      for (const l of p.listeners) {
+        const addr = await l.listen();
+        const plan = l.plan;
+        log.info(
+          {
+            listener: l.name,
+            address: formatHostPort({ host: addr.address, port: addr.port }),
+            upstream: l.config.upstream,
+            mtls: plan.mode,
+            mtlsSource: plan.modeSource,
+          },
+          'listening',
+        );
+      }
+      if (config.admin !== null) {
+        p.admin = new AdminServer(config.admin.address, p);
+        const addr = await p.admin.listen();
+        log.info({ address: formatHostPort({ host: addr.address, port: addr.port }) }, 'admin listening');
+      }
+    } catch (err) {
+      await p.close();
+      throw err;
+    }
+    p.listening = true;
+    if (config.watch) p.watch();
+    log.info({ spiffeId: snapshot.credentials.spiffeId.id, trustDomains: snapshot.bundles.domains }, 'ready');
+    return p;
+  }
+
+  private plan(lc: ListenerConfig, snapshot: Snapshot): ListenerPlan {
+    let upstream = this.upstreams.get(lc.name);
+    if (upstream === undefined) {
+      upstream = new Upstream(lc.upstream, lc.limits, this.log);
+      this.upstreams.set(lc.name, upstream);
+    }
+    const decision = snapshot.peerAuthn.get(lc.name);
+    if (decision === undefined) throw new Error(`no peer authentication resolved for listener ${lc.name}`);
+    const stages: Stage[] = [new RequestLineStage()];
+    return new ListenerPlan(snapshot, decision.mode, decision.source, stages, upstream);
+  }
+
+  private watch(): void {
+    this.watcher?.close();
+    this.watcher = new FolderWatcher(
+      this.snapshot.watchedFiles(),
+      () => this.reload('file change'),
+      this.log,
+    );
+  }
+
+  /**
+   * Re-reads certificates, bundles and policies. Returns true if the new snapshot is in force;
+   * false (and the previous snapshot kept) if anything failed to load.
+   */
+  reload(reason: string): boolean {
+    if (this.closing) return false;
+    let next: Snapshot;
+    try {
+      next = loadSnapshot(this.config, this.generation + 1, this.log);
+    } catch (err) {
+      this.reloadFailures++;
+      const problems =
+        err instanceof ConfigError
+          ? err.issues.map((i) => `${i.file}: ${i.field}: ${i.message}`)
+          : [errorMessage(err)];
+      this.log.error({ reason, problems }, 'reload failed; keeping the last good configuration');
+      return false;
+    }
+    this.generation = next.generation;
+    this.snapshot = next;
+    for (const l of this.listeners) l.setPlan(this.plan(l.config, next));
+    this.reloads++;
+    this.log.info(
+      {
+        reason,
+        generation: next.generation,
+        spiffeId: next.credentials.spiffeId.id,
+        notAfter: new Date(next.credentials.notAfter).toISOString(),
+      },
+      'reloaded',
+    );
+    // The set of files may have changed (a policy file added to a watched folder, for instance).
+    if (this.config.watch) this.watch();
+    return true;
+  }
+
+  get live(): boolean {
+    return this.listening;
+  }
+
+  get ready(): boolean {
+    return this.listening && !this.closing;
+  }
+
+  statusJson(): unknown {
+    const s = this.snapshot;
+    return {
+      ready: this.ready,
+      generation: s.generation,
+      spiffeId: s.credentials.spiffeId.id,
+      certificateNotAfter: new Date(s.credentials.notAfter).toISOString(),
+      trustDomains: s.bundles.domains,
+      reloads: this.reloads,
+      reloadFailures: this.reloadFailures,
+      listeners: this.listeners.map((l) => ({
+        name: l.name,
+        address: l.config.address,
+        upstream: l.config.upstream,
+        mtls: l.plan.mode,
+        mtlsSource: l.plan.modeSource,
+        connections: l.stats.connections,
+        requests: l.stats.requests,
+        tlsFailures: Object.fromEntries(l.stats.tlsFailures),
+        peersRejected: Object.fromEntries(l.stats.peersRejected),
+      })),
+    };
+  }
+
+  /** The address a listener is bound to (useful with port 0). */
+  listenerAddress(name: string): AddressInfo {
+    const l = this.listeners.find((x) => x.name === name);
+    if (l === undefined) throw new Error(`no listener named ${name}`);
+    return l.address();
+  }
+
+  adminAddress(): AddressInfo | null {
+    return this.admin?.addressInfo() ?? null;
+  }
+
+  /**
+   * Graceful shutdown: readiness turns 503, listeners stop accepting, in-flight requests finish
+   * (up to `shutdown.drainTimeout`), then upstream pools and the admin server close.
+   */
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    this.watcher?.close();
+    const drain = this.config.shutdown.drainTimeout;
+    await Promise.all(this.listeners.map((l) => l.close(drain)));
+    await Promise.all([...this.upstreams.values()].map((u) => u.close().catch(() => undefined)));
+    await this.admin?.close();
+    this.listening = false;
+    this.log.info('stopped');
+  }
+}

@@ -1,0 +1,133 @@
+import { constants as cryptoConstants } from 'node:crypto';
+import type { SecureContextOptions } from 'node:tls';
+import type { Logger } from 'pino';
+import { type PeerAuthnDecision, resolvePeerAuthn } from '../authn/peer-authn.js';
+import type { Config } from '../config/load.js';
+import { ConfigError, type ConfigIssue, errorMessage } from '../errors.js';
+import { loadBundleFile, type TrustBundle, TrustBundleSet } from '../identity/bundle.js';
+import { type Credentials, loadCredentials } from '../identity/credentials.js';
+import { parseCertificates } from '../identity/pem.js';
+import { verifyPeer } from '../identity/verify-peer.js';
+import { loadPolicies, type PolicySet } from '../istio/load.js';
+
+/**
+ * Everything a request is decided with, loaded and checked as one unit and never changed after:
+ * identity material, policies, and what they mean for each listener. A reload builds a new
+ * snapshot and swaps it in; requests that began on the old one finish on it.
+ */
+export class Snapshot {
+  readonly generation: number;
+  readonly config: Config;
+  readonly credentials: Credentials;
+  readonly bundles: TrustBundleSet;
+  readonly policies: PolicySet;
+  /** Peer authentication per listener name. */
+  readonly peerAuthn: ReadonlyMap<string, PeerAuthnDecision>;
+  /** The full TLS option set: setSecureContext() resets whatever it is not given. */
+  readonly tlsOptions: SecureContextOptions;
+  /** XFCC `By=` value: the proxy's own SPIFFE ID. */
+  readonly xfccBy: string;
+
+  constructor(
+    generation: number,
+    config: Config,
+    credentials: Credentials,
+    bundles: TrustBundleSet,
+    policies: PolicySet,
+    peerAuthn: ReadonlyMap<string, PeerAuthnDecision>,
+  ) {
+    this.generation = generation;
+    this.config = config;
+    this.credentials = credentials;
+    this.bundles = bundles;
+    this.policies = policies;
+    this.peerAuthn = peerAuthn;
+    this.tlsOptions = {
+      cert: credentials.certPem,
+      key: credentials.keyPem,
+      ca: bundles.caPem,
+      minVersion: 'TLSv1.2',
+      // No session resumption: a resumed session carries no peer chain, and every connection must be
+      // verified against the bundles in force when it opens.
+      secureOptions: cryptoConstants.SSL_OP_NO_TICKET,
+      sessionTimeout: 0,
+    };
+    this.xfccBy = credentials.spiffeId.id;
+  }
+
+  /** Files whose change should trigger a reload. */
+  watchedFiles(): string[] {
+    const c = this.config;
+    return [
+      c.identity.cert,
+      c.identity.key,
+      ...Object.values(c.identity.bundles),
+      ...this.policies.files,
+      ...c.policies,
+    ];
+  }
+}
+
+/** Loads a snapshot; throws ConfigError listing every problem (file, field, message). */
+export function loadSnapshot(config: Config, generation: number, log?: Logger): Snapshot {
+  const issues: ConfigIssue[] = [];
+  const bundles: TrustBundle[] = [];
+  for (const [td, file] of Object.entries(config.identity.bundles)) {
+    try {
+      bundles.push(loadBundleFile(td, file));
+    } catch (err) {
+      issues.push({
+        file: config.file,
+        field: `identity.bundles.${td}`,
+        message: `${file}: ${errorMessage(err)}`,
+      });
+    }
+  }
+  const bundleSet = new TrustBundleSet(bundles);
+
+  let credentials: Credentials | null = null;
+  try {
+    credentials = loadCredentials(config.identity.cert, config.identity.key);
+    if (credentials.spiffeId.trustDomain !== config.trustDomain) {
+      issues.push({
+        file: config.file,
+        field: 'identity.cert',
+        message: `${config.identity.cert}: the certificate's SPIFFE ID ${credentials.spiffeId.id} is not in trust domain "${config.trustDomain}"`,
+      });
+    } else if (issues.length === 0) {
+      // The proxy's own SVID must be one its peers can verify with the same bundle.
+      verifyPeer(credentials.leaf, parseCertificates(credentials.certPem).slice(1), bundleSet);
+    }
+  } catch (err) {
+    issues.push({
+      file: config.file,
+      field: 'identity.cert',
+      message: `${config.identity.cert}: ${errorMessage(err)}`,
+    });
+  }
+
+  let policies: PolicySet | null = null;
+  try {
+    policies = loadPolicies(config.policies, config.workload.namespace);
+  } catch (err) {
+    if (err instanceof ConfigError) issues.push(...err.issues);
+    else issues.push({ file: config.file, field: 'policies', message: errorMessage(err) });
+  }
+  if (issues.length > 0 || credentials === null || policies === null) {
+    throw new ConfigError('ERR_CONFIG_INVALID', issues);
+  }
+  const peerAuthn = new Map<string, PeerAuthnDecision>();
+  for (const l of config.listeners) {
+    peerAuthn.set(
+      l.name,
+      resolvePeerAuthn(
+        policies.peerAuthentications,
+        config.workload,
+        config.rootNamespace,
+        l.workloadPort,
+        log,
+      ),
+    );
+  }
+  return new Snapshot(generation, config, credentials, bundleSet, policies, peerAuthn);
+}
