@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { parseDocument } from 'yaml';
+import { LineCounter, parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { formatHostPort, type HostPort } from './address.js';
@@ -139,6 +139,17 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
     }
     addresses.set(addr, i);
   });
+  const timeoutProblem = (l: Limits, field: string): void => {
+    // Node refuses a headers timeout longer than the request timeout; say so in config terms.
+    if (l.requestTimeout > 0 && l.headersTimeout > l.requestTimeout) {
+      issues.push({ file, field, message: 'must not be longer than requestTimeout' });
+    }
+  };
+  timeoutProblem(mergeLimits(c.limits), 'limits.headersTimeout');
+  c.listeners.forEach((l, i) => {
+    if (l.limits !== undefined)
+      timeoutProblem(mergeLimits(c.limits, l.limits), `listeners[${i}].limits.headersTimeout`);
+  });
   if (c.admin !== undefined && c.admin.address.port !== 0 && addresses.has(formatHostPort(c.admin.address))) {
     issues.push({ file, field: 'admin.address', message: 'the admin address is also a listener address' });
   }
@@ -178,14 +189,15 @@ export function loadConfigFile(path: string): Config {
     const why = code === 'ENOENT' ? 'file not found' : `cannot read (${code})`;
     throw new ConfigError('ERR_CONFIG_INVALID', [{ file, field: '', message: why }]);
   }
-  const doc = parseDocument(text, { prettyErrors: false });
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { prettyErrors: false, lineCounter: lines });
   if (doc.errors.length > 0) {
     throw new ConfigError(
       'ERR_CONFIG_INVALID',
       doc.errors.map((e) => ({
         file,
         field: '',
-        message: `YAML syntax error at line ${e.linePos?.[0]?.line ?? '?'}: ${e.message.split('\n')[0]}`,
+        message: `YAML syntax error at line ${lines.linePos(e.pos[0]).line}: ${e.message.split('\n')[0]}`,
       })),
     );
   }

@@ -1,6 +1,6 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { extname, join } from 'node:path';
-import { parseAllDocuments } from 'yaml';
+import { LineCounter, parseAllDocuments } from 'yaml';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { type PeerAuthentication, parsePeerAuthentication } from './peer-authentication.js';
 
@@ -71,7 +71,8 @@ export function loadPolicies(paths: readonly string[], defaultNamespace: string)
       issues.push({ file, field: '', message: `cannot read: ${(err as NodeJS.ErrnoException).code}` });
       continue;
     }
-    const docs = parseAllDocuments(text);
+    const lines = new LineCounter();
+    const docs = parseAllDocuments(text, { prettyErrors: false, lineCounter: lines });
     if (!Array.isArray(docs)) continue; // an empty stream
     docs.forEach((doc, index) => {
       if (doc.errors.length > 0) {
@@ -79,7 +80,7 @@ export function loadPolicies(paths: readonly string[], defaultNamespace: string)
         issues.push({
           file,
           field: '',
-          message: `YAML syntax error at line ${e?.linePos?.[0]?.line ?? '?'}: ${e?.message.split('\n')[0]}`,
+          message: `YAML syntax error at line ${e === undefined ? '?' : lines.linePos(e.pos[0]).line}: ${e?.message.split('\n')[0]}`,
         });
         return;
       }

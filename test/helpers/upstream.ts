@@ -24,6 +24,12 @@ export class EchoUpstream {
       this.requests++;
       const m = /^\/bytes\/(\d+)$/.exec(req.url ?? '');
       if (m !== null) return streamBytes(res, Number(m[1]));
+      const slow = /^\/slow\/(\d+)$/.exec(req.url ?? '');
+      if (slow !== null) {
+        req.resume();
+        setTimeout(() => res.end('slow done'), Number(slow[1]));
+        return;
+      }
       const hash = createHash('sha256');
       let bytes = 0;
       req.on('data', (c: Buffer) => {

@@ -1,0 +1,158 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { configFromObject, DEFAULT_LIMITS, loadConfigFile } from '../../../src/config/load.js';
+import { ConfigError } from '../../../src/errors.js';
+import { TempDir } from '../../helpers/pki.js';
+
+function issuesOf(fn: () => unknown): string[] {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof ConfigError) return err.issues.map((i) => `${i.field}: ${i.message}`);
+    throw err;
+  }
+  return [];
+}
+
+const MINIMAL = {
+  trustDomain: 'example.org',
+  identity: { cert: 'certs/api.pem', key: 'certs/api.key', bundles: { 'example.org': 'certs/bundle.pem' } },
+  listeners: [{ name: 'inbound', address: '127.0.0.1:15006', upstream: 'http://127.0.0.1:8080' }],
+};
+
+describe('portcullis.yaml loading', () => {
+  let dir: TempDir;
+  beforeAll(() => {
+    dir = new TempDir();
+  });
+  afterAll(() => dir.cleanup());
+
+  it('loads the documented example as written, resolving paths against the config folder', () => {
+    const file = dir.write(
+      'portcullis.yaml',
+      `trustDomain: example.org
+workload: { namespace: default, serviceAccount: api, labels: { app: api } }
+identity:
+  cert: certs/api.pem
+  key: certs/api.key
+  bundles: { example.org: certs/bundle.pem }
+listeners:
+  - name: inbound
+    address: 127.0.0.1:15006
+    upstream: http://127.0.0.1:8080
+policies: [policies/]
+admin: { address: 127.0.0.1:15000 }
+`,
+    );
+    const c = loadConfigFile(file);
+    expect(c.identity.cert).toBe(dir.file('certs/api.pem'));
+    expect(c.identity.bundles['example.org']).toBe(dir.file('certs/bundle.pem'));
+    expect(c.policies).toEqual([dir.file('policies')]);
+    expect(c.listeners[0]).toMatchObject({
+      name: 'inbound',
+      address: { host: '127.0.0.1', port: 15006 },
+      upstream: 'http://127.0.0.1:8080',
+      workloadPort: 8080,
+      limits: DEFAULT_LIMITS,
+    });
+    expect(c.admin).toEqual({ address: { host: '127.0.0.1', port: 15000 } });
+    expect(c.rootNamespace).toBe('istio-system');
+    expect(c.workload.labels).toEqual({ app: 'api' });
+  });
+
+  it('applies listener limits over global limits over defaults', () => {
+    const c = configFromObject(
+      {
+        ...MINIMAL,
+        limits: { headersTimeout: '5s', maxConnections: 10 },
+        listeners: [{ ...MINIMAL.listeners[0], limits: { maxConnections: 3 } }],
+      },
+      '/etc/portcullis',
+    );
+    expect(c.listeners[0]?.limits).toMatchObject({
+      headersTimeout: 5000,
+      maxConnections: 3,
+      keepAliveTimeout: DEFAULT_LIMITS.keepAliveTimeout,
+    });
+  });
+
+  it('accepts IPv6 listener addresses', () => {
+    const c = configFromObject(
+      { ...MINIMAL, listeners: [{ ...MINIMAL.listeners[0], address: '[::1]:0' }] },
+      '/x',
+    );
+    expect(c.listeners[0]?.address).toEqual({ host: '::1', port: 0 });
+  });
+
+  it.each([
+    [
+      { ...MINIMAL, trustDomain: 'Example.org' },
+      'trustDomain: invalid trust domain "Example.org": the trust domain must be lowercase',
+    ],
+    [{ ...MINIMAL, trustDomain: undefined }, 'trustDomain: is required'],
+    [{ ...MINIMAL, tls: {} }, 'tls: unknown field'],
+    [{ ...MINIMAL, identity: { ...MINIMAL.identity, cert: undefined } }, 'identity.cert: is required'],
+    [
+      { ...MINIMAL, identity: { ...MINIMAL.identity, bundles: {} } },
+      'identity.bundles: at least one trust bundle is needed',
+    ],
+    [
+      { ...MINIMAL, identity: { ...MINIMAL.identity, bundles: { 'other.org': 'b.pem' } } },
+      'identity.bundles: no bundle for the workload\'s own trust domain "example.org"',
+    ],
+    [{ ...MINIMAL, listeners: [] }, 'listeners: at least one listener is needed'],
+    [
+      { ...MINIMAL, listeners: [{ ...MINIMAL.listeners[0], address: 'localhost' }] },
+      'listeners[0].address: "localhost" is not host:port',
+    ],
+    [
+      { ...MINIMAL, listeners: [{ ...MINIMAL.listeners[0], upstream: 'ftp://x' }] },
+      'listeners[0].upstream: the upstream must be an http:// or https:// URL',
+    ],
+    [
+      { ...MINIMAL, listeners: [{ ...MINIMAL.listeners[0], upstream: 'http://x:1/api' }] },
+      'listeners[0].upstream: the upstream is an origin only',
+    ],
+    [
+      { ...MINIMAL, listeners: [{ ...MINIMAL.listeners[0], requireCert: true }] },
+      'listeners[0].requireCert: unknown field',
+    ],
+    [
+      { ...MINIMAL, listeners: [MINIMAL.listeners[0], MINIMAL.listeners[0]] },
+      'listeners[1].name: duplicate listener name "inbound"',
+    ],
+    [{ ...MINIMAL, limits: { headersTimeout: 'soon' } }, 'limits.headersTimeout: "soon" is not a duration'],
+    [
+      { ...MINIMAL, limits: { headersTimeout: '20s', requestTimeout: '10s' } },
+      'limits.headersTimeout: must not be longer than requestTimeout',
+    ],
+    [
+      { ...MINIMAL, admin: { address: '127.0.0.1:15006' } },
+      'admin.address: the admin address is also a listener address',
+    ],
+  ])('names the field and the problem (%#)', (raw, expected) => {
+    const issues = issuesOf(() => configFromObject(raw, '/x', '/x/portcullis.yaml'));
+    expect(
+      issues.some((i) => i.startsWith(expected)),
+      `got: ${issues.join(' | ')}`,
+    ).toBe(true);
+  });
+
+  it('reports every problem at once, with the file name', () => {
+    try {
+      configFromObject({ ...MINIMAL, trustDomain: 'A', listeners: [{ name: 'x' }] }, '/x', '/x/p.yaml');
+      expect.unreachable();
+    } catch (err) {
+      const e = err as ConfigError;
+      expect(e.code).toBe('ERR_CONFIG_INVALID');
+      expect(e.issues.length).toBeGreaterThanOrEqual(3);
+      expect(e.message).toContain('/x/p.yaml: trustDomain:');
+      expect(e.message).toContain('/x/p.yaml: listeners[0].upstream: is required');
+    }
+  });
+
+  it('names the file and line of a YAML syntax error, and a missing file', () => {
+    const bad = dir.write('bad.yaml', 'trustDomain: example.org\nlisteners: [\n');
+    expect(() => loadConfigFile(bad)).toThrow(/bad\.yaml: YAML syntax error at line \d+/);
+    expect(() => loadConfigFile(dir.file('missing.yaml'))).toThrow(/missing\.yaml: file not found/);
+  });
+});
