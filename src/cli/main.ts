@@ -4,13 +4,12 @@ import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatHostPort } from '../config/address.js';
 import { parseDuration } from '../config/duration.js';
-import { loadConfigFile } from '../config/load.js';
 import { ConfigError, formatIssue, PortcullisError } from '../errors.js';
-import { initCaDir, issueToFiles } from '../identity/dev-ca.js';
 import { SpiffeId } from '../identity/spiffe-id.js';
-import { loadSnapshot } from '../proxy/snapshot.js';
 import { parse, required, str, strs } from './args.js';
-import { runDemo } from './demo.js';
+
+// Commands import what they need when they run: `--help` should not pay for loading the proxy,
+// and `ca` should not pay for the YAML and schema libraries.
 
 const HELP = `portcullis — a zero-trust policy enforcement point (mTLS + SPIFFE, Istio security policies)
 
@@ -110,6 +109,7 @@ type Out = (line: string) => void;
 async function cmdRun(args: string[], out: Out): Promise<number> {
   const { values } = parse(args, { config: { type: 'string', short: 'c' } });
   if (values.help) return help(out, RUN_HELP);
+  const { loadConfigFile } = await import('../config/load.js');
   const config = loadConfigFile(str(values.config) ?? 'portcullis.yaml');
   const { Portcullis } = await import('../proxy/portcullis.js');
   const proxy = await Portcullis.start(config);
@@ -133,9 +133,11 @@ async function cmdRun(args: string[], out: Out): Promise<number> {
   });
 }
 
-function cmdValidate(args: string[], out: Out): number {
+async function cmdValidate(args: string[], out: Out): Promise<number> {
   const { values } = parse(args, { config: { type: 'string', short: 'c' } });
   if (values.help) return help(out, VALIDATE_HELP);
+  const { loadConfigFile } = await import('../config/load.js');
+  const { loadSnapshot } = await import('../proxy/snapshot.js');
   const config = loadConfigFile(str(values.config) ?? 'portcullis.yaml');
   const snap = loadSnapshot(config, 1);
   out(`${config.file}: OK`);
@@ -160,6 +162,7 @@ async function cmdCa(args: string[], out: Out): Promise<number> {
   const sub = args[0];
   const rest = args.slice(1);
   if (sub === undefined || sub === '--help' || sub === '-h') return help(out, CA_HELP);
+  const { initCaDir, issueToFiles } = await import('../identity/dev-ca.js');
   if (sub === 'init') {
     const { values } = parse(rest, {
       'trust-domain': { type: 'string' },
@@ -205,6 +208,7 @@ async function cmdDemo(args: string[], out: Out): Promise<number> {
   });
   if (values.help) return help(out, DEMO_HELP);
   const dir = str(values.dir);
+  const { runDemo } = await import('./demo.js');
   return runDemo({
     port: portFlag(values.port, '--port', 15006),
     adminPort: portFlag(values['admin-port'], '--admin-port', 15000),
@@ -232,7 +236,7 @@ export async function main(
       case 'run':
         return await cmdRun(rest, out);
       case 'validate':
-        return cmdValidate(rest, out);
+        return await cmdValidate(rest, out);
       case 'ca':
         return await cmdCa(rest, out);
       case 'demo':

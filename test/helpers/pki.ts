@@ -1,7 +1,7 @@
 import { X509Certificate } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { createCa, issueSvid, type PemPair } from '../../src/identity/dev-ca.js';
 
 /** A throwaway folder under the OS temp dir, removed by `cleanup()`. */
@@ -18,6 +18,7 @@ export class TempDir {
 
   write(name: string, text: string): string {
     const f = this.file(name);
+    mkdirSync(dirname(f), { recursive: true });
     writeFileSync(f, text);
     return f;
   }

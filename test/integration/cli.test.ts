@@ -1,0 +1,232 @@
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import net from 'node:net';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseBundle, TrustBundleSet } from '../../src/identity/bundle.js';
+import { verifyPeer } from '../../src/identity/verify-peer.js';
+import { request } from '../helpers/client.js';
+import { TempDir } from '../helpers/pki.js';
+import { type EchoReply, EchoUpstream } from '../helpers/upstream.js';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const BIN = join(ROOT, 'dist/cli/main.js');
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function cli(args: string[], cwd = ROOT): Promise<Run> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [BIN, ...args], { cwd, timeout: 30_000 }, (err, stdout, stderr) => {
+      const code = err === null ? 0 : typeof err.code === 'number' ? err.code : 1;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+async function portFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+  });
+}
+
+/** The config from the README and the issue, exactly as written. */
+const DOCUMENTED_CONFIG = `trustDomain: example.org
+workload: { namespace: default, serviceAccount: api, labels: { app: api } }
+identity:
+  cert: certs/api.pem
+  key: certs/api.key
+  bundles: { example.org: certs/bundle.pem }
+listeners:
+  - name: inbound
+    address: 127.0.0.1:15006
+    upstream: http://127.0.0.1:8080
+policies: [policies/]
+admin: { address: 127.0.0.1:15000 }
+`;
+
+describe('portcullis CLI', () => {
+  let dir: TempDir;
+  beforeAll(async () => {
+    expect(existsSync(BIN), 'run "npm run build" first (npm test does)').toBe(true);
+    dir = new TempDir();
+    // Set the documented layout up with the CLI itself.
+    expect((await cli(['ca', 'init', '--trust-domain', 'example.org', '--out', dir.file('ca')])).code).toBe(
+      0,
+    );
+    for (const [name, id, extra] of [
+      ['api', 'spiffe://example.org/ns/default/sa/api', ['--dns', 'localhost']],
+      ['web', 'spiffe://example.org/ns/default/sa/web', []],
+    ] as const) {
+      const r = await cli([
+        'ca',
+        'issue',
+        '--ca',
+        dir.file('ca'),
+        '--spiffe-id',
+        id,
+        '--out',
+        dir.file(`certs/${name}`),
+        ...extra,
+      ]);
+      expect(r.code, r.stderr).toBe(0);
+    }
+    dir.write('certs/bundle.pem', readFileSync(dir.file('ca/bundle.pem'), 'utf8'));
+    mkdirSync(dir.file('policies'));
+    dir.write(
+      'policies/mtls.yaml',
+      'apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: { name: default, namespace: istio-system }\nspec: { mtls: { mode: STRICT } }\n',
+    );
+    dir.write('portcullis.yaml', DOCUMENTED_CONFIG);
+  });
+  afterAll(() => dir.cleanup());
+
+  it('prints help and refuses unknown commands with exit code 2', async () => {
+    const help = await cli(['--help']);
+    expect(help.code).toBe(0);
+    for (const cmd of ['run', 'validate', 'ca init', 'ca issue', 'demo'])
+      expect(help.stdout).toContain(`portcullis ${cmd}`);
+    for (const sub of [
+      ['run', '--help'],
+      ['validate', '-h'],
+      ['ca', 'issue', '--help'],
+      ['demo', '--help'],
+    ]) {
+      const r = await cli(sub);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(/^portcullis /);
+    }
+    const bad = await cli(['frobnicate']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('unknown command "frobnicate"');
+    const badFlag = await cli(['ca', 'init', '--trust-domain', 'example.org']);
+    expect(badFlag.code).toBe(2);
+    expect(badFlag.stderr).toContain('--out is required');
+  });
+
+  it('ca init and ca issue write a CA, a bundle and SVIDs that verify, with private keys at mode 0600', () => {
+    expect(statSync(dir.file('ca/ca.key')).mode & 0o777).toBe(0o600);
+    expect(statSync(dir.file('certs/web.key')).mode & 0o777).toBe(0o600);
+    const bundles = new TrustBundleSet([
+      parseBundle('example.org', readFileSync(dir.file('ca/bundle.pem'), 'utf8')),
+    ]);
+    const web = new X509Certificate(readFileSync(dir.file('certs/web.pem')));
+    expect(verifyPeer(web, [], bundles).spiffeId.id).toBe('spiffe://example.org/ns/default/sa/web');
+    const api = new X509Certificate(readFileSync(dir.file('certs/api.pem')));
+    expect(api.checkHost('localhost')).toBe('localhost');
+    // Default lifetime is 24h.
+    expect(Date.parse(api.validTo) - Date.parse(api.validFrom)).toBe(24 * 3600_000);
+  });
+
+  it('ca issue refuses an invalid SPIFFE ID and names the rule', async () => {
+    const r = await cli([
+      'ca',
+      'issue',
+      '--ca',
+      dir.file('ca'),
+      '--spiffe-id',
+      'spiffe://example.org/a/../b',
+      '--out',
+      dir.file('x'),
+    ]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('"." or ".." segments');
+  });
+
+  it('validate accepts the documented config and summarises it', async () => {
+    const r = await cli(['validate', '-c', dir.file('portcullis.yaml')], '/');
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('identity: spiffe://example.org/ns/default/sa/api');
+    expect(r.stdout).toContain(
+      'listener inbound: 127.0.0.1:15006 -> http://127.0.0.1:8080, mTLS STRICT (PeerAuthentication istio-system/default)',
+    );
+  });
+
+  it('validate names file, field and problem for every error, with exit code 1', async () => {
+    dir.write(
+      'bad.yaml',
+      DOCUMENTED_CONFIG.replace('certs/api.key', 'certs/web.key').replace('mode: STRICT', 'mode: STRICT'),
+    );
+    dir.write(
+      'policies-bad/p.yaml',
+      'apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: { name: p }\nspec: { mtls: { mode: strict } }\n',
+    );
+    const text = readFileSync(dir.file('bad.yaml'), 'utf8').replace(
+      'policies: [policies/]',
+      'policies: [policies-bad/]',
+    );
+    dir.write('bad.yaml', text);
+    const r = await cli(['validate', '-c', dir.file('bad.yaml')]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(
+      `${dir.file('bad.yaml')}: identity.cert: ${dir.file('certs/api.pem')}: the private key does not match the certificate`,
+    );
+    expect(r.stderr).toContain(
+      `${dir.file('policies-bad/p.yaml')}: PeerAuthentication default/p: spec.mtls.mode: must be one of`,
+    );
+    const missing = await cli(['validate', '-c', dir.file('nope.yaml')]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain('nope.yaml: file not found');
+  });
+
+  it('demo --once makes its three calls and they behave', async () => {
+    const r = await cli(['demo', '--once', '--port', '0', '--admin-port', '0']);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    expect(r.stdout).toContain('All three calls behaved as expected.');
+    expect(r.stdout).toContain('unknown-trust-domain');
+  });
+
+  it('run serves the documented config as written, reloads on SIGHUP and drains on SIGTERM', async (ctx) => {
+    for (const port of [15006, 15000, 8080]) {
+      if (!(await portFree(port))) ctx.skip(`port ${port} is in use on this machine`);
+    }
+    const upstream = new EchoUpstream();
+    await new Promise<void>((r) => upstream.server.listen(8080, '127.0.0.1', r));
+    const child: ChildProcess = spawn(process.execPath, [BIN, 'run', '-c', 'portcullis.yaml'], {
+      cwd: dir.path,
+    });
+    let stderr = '';
+    child.stderr?.on('data', (d) => (stderr += d));
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    try {
+      const end = Date.now() + 10_000;
+      while (!stderr.includes('"msg":"ready"')) {
+        if (Date.now() > end) throw new Error(`proxy did not start: ${stderr}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      expect((await request('http://127.0.0.1:15000/healthz')).status).toBe(200);
+      expect((await request('http://127.0.0.1:15000/readyz')).status).toBe(200);
+      const client = {
+        cert: readFileSync(dir.file('certs/web.pem'), 'utf8'),
+        key: readFileSync(dir.file('certs/web.key'), 'utf8'),
+        ca: readFileSync(dir.file('certs/bundle.pem'), 'utf8'),
+      };
+      const res = await request('https://localhost:15006/via-cli', client);
+      expect(res.status).toBe(200);
+      expect((JSON.parse(res.text) as EchoReply).headers['x-forwarded-client-cert']).toContain(
+        'URI=spiffe://example.org/ns/default/sa/web',
+      );
+
+      child.kill('SIGHUP');
+      const end2 = Date.now() + 5_000;
+      while (!stderr.includes('"reason":"SIGHUP"')) {
+        if (Date.now() > end2) throw new Error(`no reload logged: ${stderr}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+      expect(stderr).toContain('"msg":"stopped"');
+      for (const line of stderr.trim().split('\n')) expect(() => JSON.parse(line)).not.toThrow();
+    } finally {
+      child.kill('SIGKILL');
+      await upstream.close();
+    }
+  });
+});
