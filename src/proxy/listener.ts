@@ -25,6 +25,8 @@ interface Tagged {
 export class ListenerStats {
   connections = 0;
   requests = 0;
+  /** Peers that passed the SPIFFE checks: one per connection, however many requests it carries. */
+  peersVerified = 0;
   /** Handshakes that OpenSSL refused, by error code. */
   readonly tlsFailures = new Map<string, number>();
   /** Verified-by-OpenSSL peers that the SPIFFE checks refused, by reason. */
@@ -71,6 +73,9 @@ export class InboundListener {
         keepAliveTimeout: limits.keepAliveTimeout,
         requireHostHeader: true,
         noDelay: true,
+        // Node checks header and request deadlines on this interval (30 s by default), which would
+        // let a slow-loris client hold a connection for up to 30 s past headersTimeout.
+        connectionsCheckingInterval: Math.max(100, Math.min(1_000, Math.floor(limits.headersTimeout / 4))),
       },
       onRequest,
     );
@@ -211,6 +216,7 @@ export class InboundListener {
       socket.destroy();
       return;
     }
+    this.stats.peersVerified++;
     this.handOff(socket);
   }
 

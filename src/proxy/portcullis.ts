@@ -166,6 +166,7 @@ export class Portcullis implements AdminStatus {
         mtlsSource: l.plan.modeSource,
         connections: l.stats.connections,
         requests: l.stats.requests,
+        peersVerified: l.stats.peersVerified,
         tlsFailures: Object.fromEntries(l.stats.tlsFailures),
         peersRejected: Object.fromEntries(l.stats.peersRejected),
       })),

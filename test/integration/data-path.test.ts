@@ -185,3 +185,83 @@ describe('graceful shutdown', () => {
     await h.close();
   });
 });
+
+describe('connection limits and per-connection identity', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness({
+      config: { limits: { headersTimeout: '300ms', maxConnections: 2 }, admin: { address: '127.0.0.1:0' } },
+    });
+  });
+  afterAll(() => h.close());
+
+  it('verifies a peer once per connection, not once per request', async () => {
+    const stats = h.proxy.listeners[0]!.stats;
+    const before = stats.peersVerified;
+    const agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
+    for (let i = 0; i < 5; i++)
+      expect((await request(`${h.url}/r${i}`, { ...h.client, agent })).status).toBe(200);
+    agent.destroy();
+    expect(stats.peersVerified - before).toBe(1);
+  });
+
+  it('closes a connection that does not finish its request head within headersTimeout', async () => {
+    const t0 = performance.now();
+    const got = await new Promise<string>((resolve, reject) => {
+      const sock = tls.connect(
+        { port: h.port, host: '127.0.0.1', servername: 'localhost', ...h.client },
+        () => sock.write('GET /slowloris HTTP/1.1\r\nHost: x\r\n'),
+      );
+      let out = '';
+      sock.setEncoding('utf8');
+      sock.on('data', (d: string) => (out += d));
+      sock.on('close', () => resolve(out));
+      sock.on('error', reject);
+    });
+    expect(got === '' || got.startsWith('HTTP/1.1 408')).toBe(true);
+    expect(performance.now() - t0).toBeLessThan(3_000);
+  });
+
+  it('refuses connections beyond maxConnections', async () => {
+    const open = (): Promise<tls.TLSSocket> =>
+      new Promise((resolve, reject) => {
+        const s = tls.connect({ port: h.port, host: '127.0.0.1', servername: 'localhost', ...h.client }, () =>
+          resolve(s),
+        );
+        s.on('error', reject);
+      });
+    const a = await open();
+    const b = await open();
+    await expect(
+      open().then(
+        (c) =>
+          new Promise((resolve, reject) => {
+            c.on('close', () => reject(new Error('closed')));
+            c.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+            c.on('data', resolve);
+          }),
+      ),
+    ).rejects.toThrow();
+    a.destroy();
+    b.destroy();
+  });
+
+  it('reports ready on /readyz while serving and 503 once shutdown begins', async () => {
+    const admin = `http://127.0.0.1:${h.proxy.adminAddress()?.port}`;
+    expect((await request(`${admin}/healthz`)).status).toBe(200);
+    expect((await request(`${admin}/readyz`)).status).toBe(200);
+    const status = JSON.parse((await request(`${admin}/status`)).text) as {
+      spiffeId: string;
+      listeners: { mtls: string }[];
+    };
+    expect(status.spiffeId).toBe('spiffe://example.org/ns/default/sa/api');
+    expect(status.listeners[0]?.mtls).toBe('STRICT');
+    expect(JSON.stringify(status)).not.toContain('PRIVATE KEY');
+    const inflight = request(`${h.url}/slow/300`, h.client);
+    await new Promise((r) => setTimeout(r, 50));
+    const closing = h.proxy.close();
+    expect((await request(`${admin}/readyz`)).status).toBe(503);
+    expect((await inflight).status).toBe(200);
+    await closing;
+  });
+});
