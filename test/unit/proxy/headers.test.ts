@@ -1,0 +1,75 @@
+import { describe, expect, it } from 'vitest';
+import { stripResponseHopByHop, upstreamRequestHeaders } from '../../../src/proxy/headers.js';
+
+const FWD = {
+  xfcc: 'By=spiffe://a/b;Hash=00;URI=spiffe://a/c',
+  proto: 'https' as const,
+  clientAddress: '10.1.2.3',
+};
+
+describe('upstream request headers', () => {
+  it('drops hop-by-hop fields, Connection-named fields and client-sent identity headers', () => {
+    const raw = [
+      'Host',
+      'api',
+      'Connection',
+      'keep-alive, X-Drop',
+      'X-Drop',
+      '1',
+      'Keep-Alive',
+      'timeout=5',
+      'TE',
+      'trailers',
+      'Transfer-Encoding',
+      'chunked',
+      'Upgrade',
+      'h2c',
+      'Proxy-Connection',
+      'x',
+      'Expect',
+      '100-continue',
+      'X-Forwarded-Client-Cert',
+      'URI=spiffe://evil',
+      'X-Forwarded-Proto',
+      'http',
+      'Accept',
+      'a',
+      'accept',
+      'b',
+    ];
+    const out = upstreamRequestHeaders(raw, 'keep-alive, X-Drop', FWD);
+    expect(out).toEqual([
+      'Host',
+      'api',
+      'Accept',
+      'a',
+      'accept',
+      'b',
+      'x-forwarded-for',
+      '10.1.2.3',
+      'x-forwarded-proto',
+      'https',
+      'x-forwarded-client-cert',
+      FWD.xfcc,
+    ]);
+  });
+
+  it('joins repeated X-Forwarded-For fields and appends the peer', () => {
+    const out = upstreamRequestHeaders(
+      ['X-Forwarded-For', '1.1.1.1', 'x-forwarded-for', '2.2.2.2'],
+      undefined,
+      { ...FWD, xfcc: '' },
+    );
+    expect(out).toEqual(['x-forwarded-for', '1.1.1.1, 2.2.2.2, 10.1.2.3', 'x-forwarded-proto', 'https']);
+  });
+
+  it('strips hop-by-hop fields from a response, including ones Connection names', () => {
+    const h = stripResponseHopByHop({
+      connection: 'close, x-internal',
+      'x-internal': 'secret',
+      'keep-alive': 'x',
+      'content-type': 'text/plain',
+    });
+    expect(h).toEqual({ 'content-type': 'text/plain' });
+  });
+});
