@@ -6,9 +6,12 @@ import type { ListenerPlan } from './plan.js';
 
 /** Per-connection state hangs off the socket under symbols (sockets are not our objects). */
 export const kPeer = Symbol('portcullis.peer');
+/** The XFCC element for the connection's verified peer, built once when the peer is verified. */
+export const kXfcc = Symbol('portcullis.xfcc');
 
 export interface PortcullisSocket {
   [kPeer]?: PeerIdentity | null;
+  [kXfcc]?: string;
 }
 
 /**
@@ -22,6 +25,8 @@ export class RequestContext implements RequestAttributes {
   readonly plan: ListenerPlan;
   readonly startTime: number;
   readonly peer: PeerIdentity | null;
+  /** XFCC value to send upstream, or '' without a verified peer. */
+  readonly xfcc: string;
 
   method: string;
   host: string;
@@ -49,6 +54,7 @@ export class RequestContext implements RequestAttributes {
     this.plan = plan;
     this.startTime = performance.now();
     this.peer = peer;
+    this.xfcc = socket[kXfcc] ?? '';
     this.method = req.method ?? '';
     this.host = '';
     this.path = '';

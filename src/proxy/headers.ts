@@ -34,12 +34,14 @@ function connectionTokens(value: string | undefined): Set<string> | null {
   return set.size === 0 ? null : set;
 }
 
+/** What the forwarding headers say; the request context provides it (no object per request). */
 export interface ForwardedFor {
   /** XFCC element for the verified peer, or '' without mTLS. */
   readonly xfcc: string;
-  readonly proto: 'http' | 'https';
+  /** Whether the client connection is TLS (X-Forwarded-Proto). */
+  readonly tls: boolean;
   /** The direct peer's address, appended to X-Forwarded-For. */
-  readonly clientAddress: string;
+  readonly sourceAddress: string;
 }
 
 /**
@@ -66,8 +68,8 @@ export function upstreamRequestHeaders(
     }
     out.push(name, value);
   }
-  out.push('x-forwarded-for', xff === '' ? fwd.clientAddress : `${xff}, ${fwd.clientAddress}`);
-  out.push('x-forwarded-proto', fwd.proto);
+  out.push('x-forwarded-for', xff === '' ? fwd.sourceAddress : `${xff}, ${fwd.sourceAddress}`);
+  out.push('x-forwarded-proto', fwd.tls ? 'https' : 'http');
   if (fwd.xfcc !== '') out.push(XFCC, fwd.xfcc);
   return out;
 }

@@ -1,5 +1,4 @@
-import type { X509Certificate } from 'node:crypto';
-import { X509Certificate as X509 } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -7,7 +6,8 @@ import tls from 'node:tls';
 import type { Logger } from 'pino';
 import type { ListenerConfig } from '../config/load.js';
 import { PeerError, verifyPeer } from '../identity/verify-peer.js';
-import { kPeer, type PortcullisSocket, RequestContext } from './context.js';
+import { kPeer, kXfcc, type PortcullisSocket, RequestContext } from './context.js';
+import { xfccElement } from './headers.js';
 import { runStages } from './pipeline.js';
 import type { ListenerPlan } from './plan.js';
 
@@ -198,14 +198,12 @@ export class InboundListener {
   }
 
   verifyAndHandOff(socket: tls.TLSSocket): void {
-    let chain: X509Certificate[];
+    const snap = this.plan.snapshot;
+    const tagged = socket as tls.TLSSocket & PortcullisSocket;
     try {
-      chain = presentedChain(socket);
-      (socket as tls.TLSSocket & PortcullisSocket)[kPeer] = verifyPeer(
-        socket.getPeerX509Certificate(),
-        chain,
-        this.plan.snapshot.bundles,
-      );
+      const peer = verifyPeer(socket.getPeerX509Certificate(), presentedChain(socket), snap.bundles);
+      tagged[kPeer] = peer;
+      tagged[kXfcc] = xfccElement(snap.xfccBy, peer.certHash, peer.spiffeId.id);
     } catch (err) {
       const reason = err instanceof PeerError ? err.reason : 'error';
       count(this.stats.peersRejected, reason);
@@ -244,7 +242,7 @@ function presentedChain(socket: tls.TLSSocket): X509Certificate[] {
   let c = socket.getPeerCertificate(true) as tls.DetailedPeerCertificate | undefined;
   while (c !== undefined && c !== null && c.raw !== undefined && !seen.has(c)) {
     seen.add(c);
-    if (seen.size > 1) out.push(new X509(c.raw));
+    if (seen.size > 1) out.push(new X509Certificate(c.raw));
     c = c.issuerCertificate;
     if (seen.size > 10) break;
   }

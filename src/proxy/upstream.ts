@@ -67,13 +67,7 @@ export class Upstream {
   }
 
   forward(ctx: RequestContext): void {
-    const snap = ctx.plan.snapshot;
-    const peer = ctx.peer;
-    const headers = upstreamRequestHeaders(ctx.req.rawHeaders, ctx.headers.connection, {
-      xfcc: peer === null ? '' : `By=${snap.xfccBy};Hash=${peer.certHash};URI=${peer.spiffeId.id}`,
-      proto: ctx.tls ? 'https' : 'http',
-      clientAddress: ctx.sourceAddress,
-    });
+    const headers = upstreamRequestHeaders(ctx.req.rawHeaders, ctx.headers.connection, ctx);
     const options: Dispatcher.RequestOptions<RequestContext> = {
       path: ctx.forwardTarget,
       method: ctx.method as Dispatcher.HttpMethod,

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseBundle, TrustBundleSet } from '../../src/identity/bundle.js';
 import { verifyPeer } from '../../src/identity/verify-peer.js';
 import { request } from '../helpers/client.js';
+import { DOCUMENTED_CONFIG } from '../helpers/fixtures.js';
 import { TempDir } from '../helpers/pki.js';
 import { type EchoReply, EchoUpstream } from '../helpers/upstream.js';
 
@@ -36,21 +37,6 @@ async function portFree(port: number): Promise<boolean> {
     srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
   });
 }
-
-/** The config from the README and the issue, exactly as written. */
-const DOCUMENTED_CONFIG = `trustDomain: example.org
-workload: { namespace: default, serviceAccount: api, labels: { app: api } }
-identity:
-  cert: certs/api.pem
-  key: certs/api.key
-  bundles: { example.org: certs/bundle.pem }
-listeners:
-  - name: inbound
-    address: 127.0.0.1:15006
-    upstream: http://127.0.0.1:8080
-policies: [policies/]
-admin: { address: 127.0.0.1:15000 }
-`;
 
 describe('portcullis CLI', () => {
   let dir: TempDir;

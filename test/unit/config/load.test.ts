@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { configFromObject, DEFAULT_LIMITS, loadConfigFile } from '../../../src/config/load.js';
 import { ConfigError } from '../../../src/errors.js';
+import { DOCUMENTED_CONFIG } from '../../helpers/fixtures.js';
 import { TempDir } from '../../helpers/pki.js';
 
 function issuesOf(fn: () => unknown): string[] {
@@ -27,22 +28,7 @@ describe('portcullis.yaml loading', () => {
   afterAll(() => dir.cleanup());
 
   it('loads the documented example as written, resolving paths against the config folder', () => {
-    const file = dir.write(
-      'portcullis.yaml',
-      `trustDomain: example.org
-workload: { namespace: default, serviceAccount: api, labels: { app: api } }
-identity:
-  cert: certs/api.pem
-  key: certs/api.key
-  bundles: { example.org: certs/bundle.pem }
-listeners:
-  - name: inbound
-    address: 127.0.0.1:15006
-    upstream: http://127.0.0.1:8080
-policies: [policies/]
-admin: { address: 127.0.0.1:15000 }
-`,
-    );
+    const file = dir.write('portcullis.yaml', DOCUMENTED_CONFIG);
     const c = loadConfigFile(file);
     expect(c.identity.cert).toBe(dir.file('certs/api.pem'));
     expect(c.identity.bundles['example.org']).toBe(dir.file('certs/bundle.pem'));

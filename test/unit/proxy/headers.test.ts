@@ -3,8 +3,8 @@ import { stripResponseHopByHop, upstreamRequestHeaders } from '../../../src/prox
 
 const FWD = {
   xfcc: 'By=spiffe://a/b;Hash=00;URI=spiffe://a/c',
-  proto: 'https' as const,
-  clientAddress: '10.1.2.3',
+  tls: true,
+  sourceAddress: '10.1.2.3',
 };
 
 describe('upstream request headers', () => {

@@ -1,0 +1,14 @@
+/** The config from the README and issue 2, exactly as written; tests load and run it unchanged. */
+export const DOCUMENTED_CONFIG = `trustDomain: example.org
+workload: { namespace: default, serviceAccount: api, labels: { app: api } }
+identity:
+  cert: certs/api.pem
+  key: certs/api.key
+  bundles: { example.org: certs/bundle.pem }
+listeners:
+  - name: inbound
+    address: 127.0.0.1:15006
+    upstream: http://127.0.0.1:8080
+policies: [policies/]
+admin: { address: 127.0.0.1:15000 }
+`;
