@@ -28,4 +28,15 @@ export interface RequestAttributes {
   readonly peerPrincipal: string;
   /** The namespace in the peer's SPIFFE ID path (`/ns/<ns>/…`), or ''. */
   readonly peerNamespace: string;
+  /**
+   * From a verified JWT (RequestAuthentication): `iss/sub` (Istio's `request.auth.principal` and
+   * `requestPrincipals`), or '' when the request carried no token.
+   */
+  readonly requestPrincipal: string;
+  /** The verified token's claims (`request.auth.claims[...]`), or null. */
+  readonly claims: Readonly<Record<string, unknown>> | null;
+  /** The token's `aud` as a list (`request.auth.audiences`); empty without a token. */
+  readonly audiences: readonly string[];
+  /** The token's `azp` (`request.auth.presenter`), or ''. */
+  readonly presenter: string;
 }

@@ -61,6 +61,12 @@ export interface Config {
   readonly policies: readonly string[];
   readonly admin: { readonly address: HostPort } | null;
   readonly shutdown: { readonly drainTimeout: number };
+  readonly jwt: {
+    readonly clockSkew: number;
+    readonly jwksRefreshInterval: number;
+    readonly jwksMinRefetchInterval: number;
+    readonly cacheSize: number;
+  };
   readonly watch: boolean;
   readonly log: { readonly level: string };
 }
@@ -173,6 +179,7 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
     policies: c.policies.map(abs),
     admin: c.admin ?? null,
     shutdown: c.shutdown,
+    jwt: c.jwt,
     watch: c.watch,
     log: c.log,
   };

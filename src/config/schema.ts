@@ -125,6 +125,24 @@ export const configSchema = z.strictObject({
   admin: z.strictObject({ address: hostPort }).optional(),
   limits: limitsSchema.default({}),
   shutdown: z.strictObject({ drainTimeout: duration.default(15_000) }).default({ drainTimeout: 15_000 }),
+  /** Request authentication (JWT) settings; the rules themselves are RequestAuthentication resources. */
+  jwt: z
+    .strictObject({
+      /** Tolerance for exp / nbf / iat checks. */
+      clockSkew: duration.default(60_000),
+      /** Background refresh period of remote key sets. */
+      jwksRefreshInterval: duration.default(600_000),
+      /** Least time between two fetches of one key set caused by tokens with unknown `kid`s. */
+      jwksMinRefetchInterval: duration.default(30_000),
+      /** Verified tokens kept (0 turns the cache off). */
+      cacheSize: z.number().int().min(0).default(10_000),
+    })
+    .default({
+      clockSkew: 60_000,
+      jwksRefreshInterval: 600_000,
+      jwksMinRefetchInterval: 30_000,
+      cacheSize: 10_000,
+    }),
   /** Re-read certificates, bundles and policies when their files change. */
   watch: z.boolean().default(true),
   log: z

@@ -3,6 +3,7 @@ import { extname, join } from 'node:path';
 import { LineCounter, parseAllDocuments } from 'yaml';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { type PeerAuthentication, parsePeerAuthentication } from './peer-authentication.js';
+import { parseRequestAuthentication, type RequestAuthentication } from './request-authentication.js';
 
 /** Where a resource came from, for messages: `policies/mtls.yaml (document 2)`. */
 export interface Origin {
@@ -19,6 +20,7 @@ export interface ResourceMeta {
 
 export interface PolicySet {
   readonly peerAuthentications: readonly PeerAuthentication[];
+  readonly requestAuthentications: readonly RequestAuthentication[];
   /** Every file read, for watching. */
   readonly files: readonly string[];
 }
@@ -29,7 +31,7 @@ const ISTIO_SECURITY = /^security\.istio\.io\/(v1|v1beta1)$/;
  * Kinds of security.istio.io that this version does not enforce yet. Loading one fails: ignoring an
  * AuthorizationPolicy would let through calls its author meant to deny (fail closed, never open).
  */
-const NOT_YET_SUPPORTED = new Set(['AuthorizationPolicy', 'RequestAuthentication']);
+const NOT_YET_SUPPORTED = new Set(['AuthorizationPolicy']);
 
 function policyFiles(paths: readonly string[], issues: ConfigIssue[]): string[] {
   const files: string[] = [];
@@ -62,6 +64,7 @@ function policyFiles(paths: readonly string[], issues: ConfigIssue[]): string[] 
 export function loadPolicies(paths: readonly string[], defaultNamespace: string): PolicySet {
   const issues: ConfigIssue[] = [];
   const peerAuthentications: PeerAuthentication[] = [];
+  const requestAuthentications: RequestAuthentication[] = [];
   const files = policyFiles(paths, issues);
   for (const file of files) {
     let text: string;
@@ -118,6 +121,11 @@ export function loadPolicies(paths: readonly string[], defaultNamespace: string)
           issues.push({ file, field: `${label}: ${field}`, message }),
         );
         if (pa !== null) peerAuthentications.push(pa);
+      } else if (res.kind === 'RequestAuthentication') {
+        const ra = parseRequestAuthentication(meta, res.spec, (field, message) =>
+          issues.push({ file, field: `${label}: ${field}`, message }),
+        );
+        if (ra !== null) requestAuthentications.push(ra);
       } else if (NOT_YET_SUPPORTED.has(res.kind)) {
         issues.push({
           file,
@@ -130,7 +138,7 @@ export function loadPolicies(paths: readonly string[], defaultNamespace: string)
     });
   }
   if (issues.length > 0) throw new ConfigError('ERR_POLICY_INVALID', issues);
-  return { peerAuthentications, files };
+  return { peerAuthentications, requestAuthentications, files };
 }
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;

@@ -4,6 +4,8 @@ import type { RequestAttributes } from '../authz/attributes.js';
 import type { PeerIdentity } from '../identity/verify-peer.js';
 import type { ListenerPlan } from './plan.js';
 
+const NO_AUDIENCES: readonly string[] = Object.freeze([]);
+
 /** Per-connection state hangs off the socket under symbols (sockets are not our objects). */
 export const kPeer = Symbol('portcullis.peer');
 /** The XFCC element for the connection's verified peer, built once when the peer is verified. */
@@ -42,8 +44,17 @@ export class RequestContext implements RequestAttributes {
   readonly peerNamespace: string;
   readonly tls: boolean;
 
+  requestPrincipal: string;
+  claims: Readonly<Record<string, unknown>> | null;
+  audiences: readonly string[];
+  presenter: string;
+
   /** The request target sent upstream (path and query), set by the request-line stage. */
   forwardTarget: string;
+  /** Client headers (lowercase names) not to forward, decided per request; null when none. */
+  dropHeaders: string[] | null;
+  /** Headers the proxy adds upstream, flat [name, value, …]; null when none. */
+  addHeaders: string[] | null;
   upstreamStatus: number;
 
   constructor(plan: ListenerPlan, req: IncomingMessage, res: ServerResponse) {
@@ -68,7 +79,51 @@ export class RequestContext implements RequestAttributes {
     this.sni = this.tls && typeof socket.servername === 'string' ? socket.servername : '';
     this.peerPrincipal = peer === null ? '' : peer.spiffeId.principal;
     this.peerNamespace = peer === null ? '' : peer.spiffeId.namespace;
+    this.requestPrincipal = '';
+    this.claims = null;
+    this.audiences = NO_AUDIENCES;
+    this.presenter = '';
     this.forwardTarget = '';
+    this.dropHeaders = null;
+    this.addHeaders = null;
     this.upstreamStatus = 0;
+  }
+
+  dropHeader(lowerName: string): void {
+    if (this.dropHeaders === null) this.dropHeaders = [lowerName];
+    else this.dropHeaders.push(lowerName);
+  }
+
+  /** Adds a header upstream, replacing any the client sent under that name. */
+  addHeader(lowerName: string, value: string): void {
+    this.dropHeader(lowerName);
+    if (this.addHeaders === null) this.addHeaders = [lowerName, value];
+    else this.addHeaders.push(lowerName, value);
+  }
+
+  /** Removes every `name=` pair from the query forwarded upstream. */
+  removeQueryParam(name: string): void {
+    if (this.query === '') return;
+    const kept: string[] = [];
+    for (const pair of this.query.split('&')) {
+      const eq = pair.indexOf('=');
+      const key = eq === -1 ? pair : pair.slice(0, eq);
+      let decoded = key;
+      try {
+        decoded = decodeURIComponent(key);
+      } catch {
+        // keep the raw key: a pair that does not decode is not the parameter asked for
+      }
+      if (decoded !== name) kept.push(pair);
+    }
+    this.query = kept.join('&');
+    const q = this.forwardTarget.indexOf('?');
+    const base = q === -1 ? this.forwardTarget : this.forwardTarget.slice(0, q);
+    this.forwardTarget = this.query === '' ? base : `${base}?${this.query}`;
+  }
+
+  /** RFC 6750 challenge naming the request URL as realm (what Envoy's jwt_authn sends). */
+  bearerChallenge(): string {
+    return `Bearer realm="${this.tls ? 'https' : 'http'}://${this.host}${this.path}"`;
   }
 }

@@ -36,6 +36,10 @@ function connectionTokens(value: string | undefined): Set<string> | null {
 
 /** What the forwarding headers say; the request context provides it (no object per request). */
 export interface ForwardedFor {
+  /** Client headers not to forward (lowercase), decided per request; null when none. */
+  readonly dropHeaders: readonly string[] | null;
+  /** Headers to add, flat [name, value, …]; null when none. */
+  readonly addHeaders: readonly string[] | null;
   /** XFCC element for the verified peer, or '' without mTLS. */
   readonly xfcc: string;
   /** Whether the client connection is TLS (X-Forwarded-Proto). */
@@ -60,7 +64,7 @@ export function upstreamRequestHeaders(
     const name = rawHeaders[i] as string;
     const lower = name.toLowerCase();
     if (HOP_BY_HOP.has(lower) || PROXY_SET.has(lower)) continue;
-    if (listed?.has(lower)) continue;
+    if (listed?.has(lower) || fwd.dropHeaders?.includes(lower)) continue;
     const value = rawHeaders[i + 1] as string;
     if (lower === 'x-forwarded-for') {
       xff = xff === '' ? value : `${xff}, ${value}`;
@@ -71,6 +75,8 @@ export function upstreamRequestHeaders(
   out.push('x-forwarded-for', xff === '' ? fwd.sourceAddress : `${xff}, ${fwd.sourceAddress}`);
   out.push('x-forwarded-proto', fwd.tls ? 'https' : 'http');
   if (fwd.xfcc !== '') out.push(XFCC, fwd.xfcc);
+  const add = fwd.addHeaders;
+  if (add !== null) for (let i = 0; i < add.length; i++) out.push(add[i] as string);
   return out;
 }
 

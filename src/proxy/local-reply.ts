@@ -10,10 +10,19 @@ export class LocalReply {
   /** Short reason for logs and audit (e.g. `upstream-unavailable`). */
   readonly reason: string;
   readonly headers: Readonly<Record<string, string>>;
+  /** Add `WWW-Authenticate: Bearer realm="<request URL>"` (RFC 6750 §3), as Envoy does on a JWT failure. */
+  readonly bearerChallenge: boolean;
 
-  constructor(status: number, reason: string, body: string, extraHeaders?: Record<string, string>) {
+  constructor(
+    status: number,
+    reason: string,
+    body: string,
+    extraHeaders?: Record<string, string>,
+    bearerChallenge = false,
+  ) {
     this.status = status;
     this.reason = reason;
+    this.bearerChallenge = bearerChallenge;
     this.body = Buffer.from(body.endsWith('\n') ? body : `${body}\n`);
     this.headers = {
       'content-type': 'text/plain; charset=utf-8',
@@ -36,12 +45,14 @@ export const REPLY_SHUTTING_DOWN = new LocalReply(503, 'shutting-down', 'the pro
   connection: 'close',
 });
 
-export function sendLocalReply(res: ServerResponse, reply: LocalReply): void {
+/** `challenge` is the WWW-Authenticate value for replies that carry one, else ''. */
+export function sendLocalReply(res: ServerResponse, reply: LocalReply, challenge = ''): void {
   if (res.headersSent) {
     // Too late for a clean reply: cut the response so the client cannot take a partial body as whole.
     res.destroy();
     return;
   }
+  if (challenge !== '') res.setHeader('www-authenticate', challenge);
   res.writeHead(reply.status, reply.headers);
   res.end(reply.body);
 }

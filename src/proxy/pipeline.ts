@@ -18,17 +18,21 @@ export function runStages(ctx: RequestContext, from: number): void {
     }
     if (result === null) continue;
     if (result instanceof LocalReply) {
-      sendLocalReply(ctx.res, result);
+      reply(ctx, result);
       return;
     }
     const next = i + 1;
     result.then(
-      (r) => (r === null ? runStages(ctx, next) : sendLocalReply(ctx.res, r)),
+      (r) => (r === null ? runStages(ctx, next) : reply(ctx, r)),
       (err: unknown) => failClosed(ctx, err),
     );
     return;
   }
   ctx.plan.upstream.forward(ctx);
+}
+
+export function reply(ctx: RequestContext, r: LocalReply): void {
+  sendLocalReply(ctx.res, r, r.bearerChallenge ? ctx.bearerChallenge() : '');
 }
 
 const REPLY_INTERNAL = new LocalReply(500, 'internal-error', 'internal error');

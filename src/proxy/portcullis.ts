@@ -1,6 +1,7 @@
 import type { AddressInfo } from 'node:net';
 import pino, { type Logger } from 'pino';
 import { AdminServer, type AdminStatus } from '../admin/server.js';
+import { JwksRegistry, type JwksSource } from '../authn/jwks.js';
 import { formatHostPort } from '../config/address.js';
 import type { Config, ListenerConfig } from '../config/load.js';
 import { FolderWatcher } from '../config/watch.js';
@@ -8,6 +9,7 @@ import { ConfigError, errorMessage } from '../errors.js';
 import { InboundListener } from './listener.js';
 import { ListenerPlan, type Stage } from './plan.js';
 import { loadSnapshot, type Snapshot } from './snapshot.js';
+import { JwtStage } from './stages/jwt.js';
 import { RequestLineStage } from './stages/request-line.js';
 import { Upstream } from './upstream.js';
 
@@ -33,6 +35,7 @@ export class Portcullis implements AdminStatus {
   private admin: AdminServer | null = null;
   private watcher: FolderWatcher | null = null;
   private readonly upstreams = new Map<string, Upstream>();
+  readonly jwks: JwksRegistry;
   private listening = false;
   private closing = false;
   private generation = 1;
@@ -43,6 +46,13 @@ export class Portcullis implements AdminStatus {
     this.config = config;
     this.snapshot = snapshot;
     this.log = log;
+    this.jwks = new JwksRegistry(
+      {
+        refreshIntervalMs: config.jwt.jwksRefreshInterval,
+        minRefetchIntervalMs: config.jwt.jwksMinRefetchInterval,
+      },
+      log,
+    );
   }
 
   /** Loads everything, then listens. Throws ConfigError (nothing is listening then) if the config does not load. */
@@ -51,9 +61,10 @@ export class Portcullis implements AdminStatus {
     const snapshot = loadSnapshot(config, 1, log);
     const p = new Portcullis(config, snapshot, log);
     try {
-      for (const lc of config.listeners) {
-        p.listeners.push(new InboundListener(lc, p.plan(lc, snapshot), log));
-      }
+      const plans = p.buildPlans(snapshot);
+      config.listeners.forEach((lc, i) => {
+        p.listeners.push(new InboundListener(lc, plans[i] as ListenerPlan, log));
+      });
       for (const l of p.listeners) {
         const addr = await l.listen();
         const plan = l.plan;
@@ -83,7 +94,27 @@ export class Portcullis implements AdminStatus {
     return p;
   }
 
-  private plan(lc: ListenerConfig, snapshot: Snapshot): ListenerPlan {
+  /**
+   * The stage sequence for each listener under a snapshot, in config order. Stages the snapshot
+   * does not need are left out (no RequestAuthentication: no JWT stage). Throws if a stage cannot
+   * be built, before anything is swapped in.
+   */
+  private buildPlans(snapshot: Snapshot): ListenerPlan[] {
+    const jwt =
+      snapshot.jwtRules.length === 0
+        ? null
+        : new JwtStage(
+            snapshot.jwtRules,
+            this.jwks,
+            { clockSkewMs: this.config.jwt.clockSkew, cacheSize: this.config.jwt.cacheSize },
+            this.log,
+          );
+    // Key sets no rule refers to any more stop refreshing.
+    this.jwks.retain(jwt?.sources ?? new Set<JwksSource>());
+    return this.config.listeners.map((lc) => this.plan(lc, snapshot, jwt));
+  }
+
+  private plan(lc: ListenerConfig, snapshot: Snapshot, jwt: JwtStage | null): ListenerPlan {
     let upstream = this.upstreams.get(lc.name);
     if (upstream === undefined) {
       upstream = new Upstream(lc.upstream, lc.limits, this.log);
@@ -92,6 +123,7 @@ export class Portcullis implements AdminStatus {
     const decision = snapshot.peerAuthn.get(lc.name);
     if (decision === undefined) throw new Error(`no peer authentication resolved for listener ${lc.name}`);
     const stages: Stage[] = [new RequestLineStage()];
+    if (jwt !== null) stages.push(jwt);
     return new ListenerPlan(snapshot, decision.mode, decision.source, stages, upstream);
   }
 
@@ -111,8 +143,10 @@ export class Portcullis implements AdminStatus {
   reload(reason: string): boolean {
     if (this.closing) return false;
     let next: Snapshot;
+    let plans: ListenerPlan[];
     try {
       next = loadSnapshot(this.config, this.generation + 1, this.log);
+      plans = this.buildPlans(next);
     } catch (err) {
       this.reloadFailures++;
       const problems =
@@ -124,7 +158,9 @@ export class Portcullis implements AdminStatus {
     }
     this.generation = next.generation;
     this.snapshot = next;
-    for (const l of this.listeners) l.setPlan(this.plan(l.config, next));
+    this.listeners.forEach((l, i) => {
+      l.setPlan(plans[i] as ListenerPlan);
+    });
     this.reloads++;
     this.log.info(
       {
@@ -158,6 +194,15 @@ export class Portcullis implements AdminStatus {
       trustDomains: s.bundles.domains,
       reloads: this.reloads,
       reloadFailures: this.reloadFailures,
+      jwt: {
+        ...this.jwks.stats,
+        keySets: this.jwks.list().map((s) => ({
+          id: s.id.startsWith('inline:') ? 'inline' : s.id,
+          loaded: s.loaded,
+          keys: s.keys().length,
+          lastError: s.lastError,
+        })),
+      },
       listeners: this.listeners.map((l) => ({
         name: l.name,
         address: l.config.address,
@@ -196,6 +241,7 @@ export class Portcullis implements AdminStatus {
     await Promise.all(this.listeners.map((l) => l.close(drain)));
     await Promise.all([...this.upstreams.values()].map((u) => u.close().catch(() => undefined)));
     await this.admin?.close();
+    this.jwks.close();
     this.listening = false;
     this.log.info('stopped');
   }

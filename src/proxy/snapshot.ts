@@ -9,6 +9,8 @@ import { type Credentials, loadCredentials } from '../identity/credentials.js';
 import { parseCertificates } from '../identity/pem.js';
 import { verifyPeer } from '../identity/verify-peer.js';
 import { loadPolicies, type PolicySet } from '../istio/load.js';
+import type { JwtRule } from '../istio/request-authentication.js';
+import { appliesTo } from '../istio/selector.js';
 
 /**
  * Everything a request is decided with, loaded and checked as one unit and never changed after:
@@ -23,6 +25,8 @@ export class Snapshot {
   readonly policies: PolicySet;
   /** Peer authentication per listener name. */
   readonly peerAuthn: ReadonlyMap<string, PeerAuthnDecision>;
+  /** JWT rules of every RequestAuthentication that applies to this workload, merged in load order. */
+  readonly jwtRules: readonly JwtRule[];
   /** The full TLS option set: setSecureContext() resets whatever it is not given. */
   readonly tlsOptions: SecureContextOptions;
   /** XFCC `By=` value: the proxy's own SPIFFE ID. */
@@ -35,6 +39,7 @@ export class Snapshot {
     bundles: TrustBundleSet,
     policies: PolicySet,
     peerAuthn: ReadonlyMap<string, PeerAuthnDecision>,
+    jwtRules: readonly JwtRule[],
   ) {
     this.generation = generation;
     this.config = config;
@@ -42,6 +47,7 @@ export class Snapshot {
     this.bundles = bundles;
     this.policies = policies;
     this.peerAuthn = peerAuthn;
+    this.jwtRules = jwtRules;
     this.tlsOptions = {
       cert: credentials.certPem,
       key: credentials.keyPem,
@@ -129,5 +135,10 @@ export function loadSnapshot(config: Config, generation: number, log?: Logger): 
       ),
     );
   }
-  return new Snapshot(generation, config, credentials, bundleSet, policies, peerAuthn);
+  const jwtRules: JwtRule[] = [];
+  for (const ra of policies.requestAuthentications) {
+    if (appliesTo(ra.meta.namespace, ra.selector, config.workload, config.rootNamespace))
+      jwtRules.push(...ra.rules);
+  }
+  return new Snapshot(generation, config, credentials, bundleSet, policies, peerAuthn, jwtRules);
 }

@@ -199,10 +199,6 @@ describe('PeerAuthentication', () => {
       'AuthorizationPolicy default/deny-all: AuthorizationPolicy is not enforced by this version',
     ],
     [
-      'apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: { name: jwt }\nspec: {}\n',
-      'RequestAuthentication default/jwt: RequestAuthentication is not enforced',
-    ],
-    [
       'apiVersion: security.istio.io/v1\nkind: Sidecar\nmetadata: { name: s }\n',
       'unknown security.istio.io kind "Sidecar"',
     ],

@@ -5,6 +5,8 @@ const FWD = {
   xfcc: 'By=spiffe://a/b;Hash=00;URI=spiffe://a/c',
   tls: true,
   sourceAddress: '10.1.2.3',
+  dropHeaders: null,
+  addHeaders: null,
 };
 
 describe('upstream request headers', () => {
@@ -61,6 +63,29 @@ describe('upstream request headers', () => {
       { ...FWD, xfcc: '' },
     );
     expect(out).toEqual(['x-forwarded-for', '1.1.1.1, 2.2.2.2, 10.1.2.3', 'x-forwarded-proto', 'https']);
+  });
+
+  it('drops per-request headers and appends added ones after the forwarding headers', () => {
+    const out = upstreamRequestHeaders(
+      ['Authorization', 'Bearer x', 'X-Jwt-Sub', 'spoofed', 'Accept', '*/*'],
+      undefined,
+      {
+        ...FWD,
+        xfcc: '',
+        dropHeaders: ['authorization', 'x-jwt-sub'],
+        addHeaders: ['x-jwt-sub', 'alice'],
+      },
+    );
+    expect(out).toEqual([
+      'Accept',
+      '*/*',
+      'x-forwarded-for',
+      '10.1.2.3',
+      'x-forwarded-proto',
+      'https',
+      'x-jwt-sub',
+      'alice',
+    ]);
   });
 
   it('strips hop-by-hop fields from a response, including ones Connection names', () => {

@@ -1,0 +1,301 @@
+import type { Logger } from 'pino';
+import type { JwksRegistry, JwksSource, JwtStats } from '../../authn/jwks.js';
+import {
+  CompiledJwtRule,
+  peekToken,
+  TokenCache,
+  TokenError,
+  type VerifiedToken,
+  verifyToken,
+} from '../../authn/jwt.js';
+import type { JwtRule } from '../../istio/request-authentication.js';
+import type { RequestContext } from '../context.js';
+import { LocalReply } from '../local-reply.js';
+import type { Stage, StageResult } from '../plan.js';
+
+// Envoy jwt_authn's local replies, so that clients and dashboards that know a mesh see the same.
+export const REPLY_JWT_INVALID = new LocalReply(
+  401,
+  'jwt-invalid',
+  'Jwt verification fails',
+  undefined,
+  true,
+);
+export const REPLY_JWT_AUDIENCE = new LocalReply(403, 'jwt-audience', 'Audiences in Jwt are not allowed');
+
+enum LocationKind {
+  Header = 0,
+  Param = 1,
+  Cookie = 2,
+}
+
+/** A place a token may be, and the rules (issuers) that read from it. */
+class TokenLocation {
+  readonly kind: LocationKind;
+  readonly name: string;
+  readonly prefix: string;
+  /** The default `Authorization: Bearer` location: a value without the prefix is simply not a JWT. */
+  readonly lenientPrefix: boolean;
+  readonly rules: CompiledJwtRule[] = [];
+
+  constructor(kind: LocationKind, name: string, prefix: string, lenientPrefix: boolean) {
+    this.kind = kind;
+    this.name = name;
+    this.prefix = prefix;
+    this.lenientPrefix = lenientPrefix;
+  }
+
+  ruleFor(iss: string): CompiledJwtRule | undefined {
+    for (const r of this.rules) if (r.rule.issuer === iss) return r;
+    return undefined;
+  }
+}
+
+/** A token found in a request, with where it was found. */
+interface Found {
+  token: string;
+  location: TokenLocation;
+}
+
+export interface JwtStageOptions {
+  readonly clockSkewMs: number;
+  readonly cacheSize: number;
+}
+
+/**
+ * Request authentication (Istio RequestAuthentication, applied as Envoy's jwt_authn does):
+ * - no token: the request continues without a request principal (authorization decides);
+ * - a token that fails (signature, expiry, not-before, unknown issuer, malformed, disallowed
+ *   algorithm, a configured header without its prefix): 401 `Jwt verification fails`;
+ * - a valid token whose audience is not allowed: 403;
+ * - several tokens: every one must pass; the first (in location order) sets the principal;
+ * - CORS preflight requests skip the check.
+ * On success the context gets requestPrincipal (`iss/sub`), claims, audiences and presenter —
+ * the RequestAttributes that authorization reads — and the configured headers are written.
+ */
+export class JwtStage implements Stage {
+  readonly name = 'jwt';
+  private readonly locations: TokenLocation[];
+  private readonly cache: TokenCache;
+  private readonly skewSeconds: number;
+  readonly stats: JwtStats;
+  /** Headers the proxy writes from tokens; whatever a client sends under these names is dropped. */
+  readonly outputHeaders: ReadonlySet<string>;
+  readonly sources: ReadonlySet<JwksSource>;
+  private readonly log: Logger;
+
+  constructor(rules: readonly JwtRule[], registry: JwksRegistry, opts: JwtStageOptions, log: Logger) {
+    this.stats = registry.stats;
+    this.log = log;
+    this.cache = new TokenCache(opts.cacheSize, opts.clockSkewMs);
+    this.skewSeconds = Math.round(opts.clockSkewMs / 1000);
+    const byKey = new Map<string, TokenLocation>();
+    const loc = (kind: LocationKind, name: string, prefix: string, lenient: boolean): TokenLocation => {
+      const key = `${kind}:${name}:${prefix}`;
+      let l = byKey.get(key);
+      if (l === undefined) {
+        l = new TokenLocation(kind, name, prefix, lenient);
+        byKey.set(key, l);
+      }
+      return l;
+    };
+    const outputs = new Set<string>();
+    const sources = new Set<JwksSource>();
+    const issuers = new Set<string>();
+    for (const rule of rules) {
+      if (issuers.has(rule.issuer)) {
+        log.warn(
+          { rule: rule.source, issuer: rule.issuer },
+          'two JWT rules name the same issuer; the first one is used',
+        );
+      }
+      issuers.add(rule.issuer);
+      const compiled = new CompiledJwtRule(rule, registry.sourceFor(rule));
+      sources.add(compiled.source);
+      if (rule.defaultLocations) {
+        loc(LocationKind.Header, 'authorization', 'Bearer ', true).rules.push(compiled);
+        loc(LocationKind.Param, 'access_token', '', false).rules.push(compiled);
+      }
+      for (const h of rule.fromHeaders)
+        loc(LocationKind.Header, h.name, h.prefix, false).rules.push(compiled);
+      for (const p of rule.fromParams) loc(LocationKind.Param, p, '', false).rules.push(compiled);
+      for (const c of rule.fromCookies) loc(LocationKind.Cookie, c, '', false).rules.push(compiled);
+      if (rule.outputPayloadToHeader !== null) outputs.add(rule.outputPayloadToHeader);
+      for (const c of rule.outputClaimToHeaders) outputs.add(c.header);
+    }
+    this.locations = [...byKey.values()];
+    this.outputHeaders = outputs;
+    this.sources = sources;
+  }
+
+  run(ctx: RequestContext): StageResult | Promise<StageResult> {
+    // Headers this stage writes are the proxy's to set: a client's own copies never pass.
+    for (const h of this.outputHeaders) if (ctx.headers[h] !== undefined) ctx.dropHeader(h);
+    if (
+      ctx.method === 'OPTIONS' &&
+      ctx.headers.origin !== undefined &&
+      ctx.headers['access-control-request-method'] !== undefined
+    ) {
+      return null;
+    }
+    let found: Found[] | null = null;
+    for (const location of this.locations) {
+      const token = extract(ctx, location);
+      if (token === null) continue;
+      if (token === INVALID) return REPLY_JWT_INVALID;
+      if (found === null) found = [];
+      else if (found.some((f) => f.token === token)) continue;
+      found.push({ token, location });
+    }
+    if (found === null) return null;
+
+    // Fast path: every token already verified.
+    const now = Date.now();
+    let allCached = true;
+    for (const f of found) {
+      const hit = this.cache.get(f.token, now);
+      if (hit === undefined || !f.location.rules.includes(hit.rule)) {
+        allCached = false;
+        break;
+      }
+    }
+    if (allCached) {
+      this.stats.cacheHits += found.length;
+      const verified = found.map((f) => this.cache.get(f.token, now) as VerifiedToken);
+      return this.accept(ctx, found, verified);
+    }
+    return this.verifyAll(ctx, found);
+  }
+
+  private async verifyAll(ctx: RequestContext, found: Found[]): Promise<StageResult> {
+    const verified: VerifiedToken[] = [];
+    const now = Date.now();
+    for (const f of found) {
+      const cached = this.cache.get(f.token, now);
+      if (cached !== undefined && f.location.rules.includes(cached.rule)) {
+        this.stats.cacheHits++;
+        verified.push(cached);
+        continue;
+      }
+      this.stats.cacheMisses++;
+      const parts = peekToken(f.token);
+      if (parts === null) return this.refuse(ctx, 'the token is malformed');
+      const rule = f.location.ruleFor(parts.iss);
+      if (rule === undefined) return this.refuse(ctx, 'the token issuer is not configured here');
+      try {
+        const v = await verifyToken(f.token, parts, rule, this.skewSeconds, this.stats);
+        this.cache.set(f.token, v);
+        verified.push(v);
+      } catch (err) {
+        if (err instanceof TokenError) return this.refuse(ctx, err.message);
+        throw err;
+      }
+    }
+    return this.accept(ctx, found, verified);
+  }
+
+  private refuse(ctx: RequestContext, why: string): StageResult {
+    this.log.debug({ path: ctx.path, why }, 'JWT refused');
+    return REPLY_JWT_INVALID;
+  }
+
+  private accept(ctx: RequestContext, found: Found[], verified: VerifiedToken[]): StageResult {
+    for (const v of verified) if (!v.audienceAllowed()) return REPLY_JWT_AUDIENCE;
+    const first = verified[0] as VerifiedToken;
+    ctx.requestPrincipal = first.principal;
+    ctx.claims = first.payload;
+    ctx.audiences = first.audiences;
+    ctx.presenter = first.presenter;
+    for (let i = 0; i < found.length; i++) {
+      const f = found[i] as Found;
+      const v = verified[i] as VerifiedToken;
+      const rule = v.rule.rule;
+      if (!rule.forwardOriginalToken) removeToken(ctx, f.location);
+      if (rule.outputPayloadToHeader !== null) ctx.addHeader(rule.outputPayloadToHeader, v.payloadSegment);
+      for (const out of rule.outputClaimToHeaders) {
+        const value = claimValue(v.payload, out.claim);
+        if (value !== null) ctx.addHeader(out.header, value);
+      }
+    }
+    return null;
+  }
+}
+
+const INVALID = '\u0000invalid';
+
+function headerValue(ctx: RequestContext, name: string): string | undefined {
+  const v = ctx.headers[name];
+  return Array.isArray(v) ? v.join(', ') : v;
+}
+
+/** The token at a location: null when there is none, INVALID when there is one that cannot be a token. */
+function extract(ctx: RequestContext, l: TokenLocation): string | null {
+  let raw: string | undefined;
+  if (l.kind === LocationKind.Header) {
+    raw = headerValue(ctx, l.name);
+    if (raw === undefined) return null;
+    if (l.prefix !== '') {
+      const has = l.lenientPrefix
+        ? raw.length > l.prefix.length &&
+          raw.slice(0, l.prefix.length).toLowerCase() === l.prefix.toLowerCase()
+        : raw.startsWith(l.prefix);
+      if (!has) return l.lenientPrefix ? null : INVALID;
+      raw = raw.slice(l.prefix.length);
+    }
+    raw = raw.trim();
+  } else if (l.kind === LocationKind.Param) {
+    raw = queryParam(ctx.query, l.name);
+    if (raw === undefined) return null;
+  } else {
+    raw = cookie(headerValue(ctx, 'cookie'), l.name);
+    if (raw === undefined) return null;
+  }
+  return raw === '' ? INVALID : raw;
+}
+
+function queryParam(query: string, name: string): string | undefined {
+  if (query === '') return undefined;
+  for (const pair of query.split('&')) {
+    const eq = pair.indexOf('=');
+    const key = eq === -1 ? pair : pair.slice(0, eq);
+    if (safeDecode(key) !== name) continue;
+    return eq === -1 ? '' : safeDecode(pair.slice(eq + 1).replaceAll('+', ' '));
+  }
+  return undefined;
+}
+
+function safeDecode(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
+}
+
+function cookie(header: string | undefined, name: string): string | undefined {
+  if (header === undefined) return undefined;
+  for (const part of header.split(';')) {
+    const eq = part.indexOf('=');
+    if (eq === -1) continue;
+    if (part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
+  }
+  return undefined;
+}
+
+/** forwardOriginalToken: false — the token does not travel upstream (a cookie is left in place, as Envoy does). */
+function removeToken(ctx: RequestContext, l: TokenLocation): void {
+  if (l.kind === LocationKind.Header) ctx.dropHeader(l.name);
+  else if (l.kind === LocationKind.Param) ctx.removeQueryParam(l.name);
+}
+
+/** A claim (nested by path) as a header value: strings, numbers and booleans only. */
+function claimValue(payload: Readonly<Record<string, unknown>>, path: readonly string[]): string | null {
+  let v: unknown = payload;
+  for (const p of path) {
+    if (v === null || typeof v !== 'object' || Array.isArray(v)) return null;
+    v = (v as Record<string, unknown>)[p];
+  }
+  if (typeof v === 'string') return v;
+  if (typeof v === 'number' || typeof v === 'boolean') return String(v);
+  return null;
+}
