@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { stringify } from 'yaml';
 import { loadConfigFile } from '../config/load.js';
 import { initCaDir, issueToFiles } from '../identity/dev-ca.js';
@@ -15,7 +16,7 @@ export interface DemoOptions {
   adminPort: number;
   /** Keep files here instead of a temp folder that is removed on exit. */
   dir?: string;
-  /** Run the three example calls, print the outcome, stop; exit code tells whether all behaved. */
+  /** Make the example calls, print the outcome, stop; the exit code tells whether all behaved. */
   once: boolean;
   logLevel: string;
   out: (line: string) => void;
@@ -23,12 +24,21 @@ export interface DemoOptions {
 
 /** The package's own examples folder, found from this file (works through the bin symlink). */
 export const EXAMPLES_DIR = fileURLToPath(new URL('../../examples/', import.meta.url));
+const ISSUER = 'https://issuer.demo.portcullis';
 
 interface CallResult {
-  ok: boolean;
+  status: number;
   summary: string;
 }
 
+interface Client {
+  ca: string;
+  cert?: string;
+  key?: string;
+  token?: string;
+}
+
+/** The demo's service: answers with what it learned about the caller from the proxy. */
 function startEcho(): Promise<http.Server> {
   const server = http.createServer((req, res) => {
     req.resume();
@@ -39,6 +49,7 @@ function startEcho(): Promise<http.Server> {
           method: req.method,
           path: req.url,
           'x-forwarded-client-cert': req.headers['x-forwarded-client-cert'] ?? null,
+          'x-jwt-sub': req.headers['x-jwt-sub'] ?? null,
         },
         null,
         2,
@@ -50,28 +61,51 @@ function startEcho(): Promise<http.Server> {
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
 }
 
-function call(port: number, path: string, ca: string, cert?: string, key?: string): Promise<CallResult> {
+/** A JWKS endpoint for the demo's issuer, and a function that signs end-user tokens. */
+async function startIssuer(): Promise<{ server: http.Server; jwksUri: string; sign: (expSeconds: number) => Promise<string> }> {
+  const { publicKey, privateKey } = await generateKeyPair('ES256');
+  const jwk = { ...(await exportJWK(publicKey)), kid: 'demo-1', alg: 'ES256', use: 'sig' };
+  const server = http.createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ keys: [jwk] }));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const jwksUri = `http://127.0.0.1:${(server.address() as AddressInfo).port}/jwks.json`;
+  const sign = (expSeconds: number): Promise<string> => {
+    const now = Math.floor(Date.now() / 1000);
+    return new SignJWT({ sub: 'alice', aud: 'api' })
+      .setProtectedHeader({ alg: 'ES256', kid: 'demo-1' })
+      .setIssuer(ISSUER)
+      .setIssuedAt(now)
+      .setExpirationTime(now + expSeconds)
+      .sign(privateKey);
+  };
+  return { server, jwksUri, sign };
+}
+
+function call(port: number, path: string, c: Client): Promise<CallResult> {
   return new Promise((resolve) => {
     const req = https.request(
-      { host: '127.0.0.1', servername: 'localhost', port, path, ca, cert, key, agent: false },
+      {
+        host: '127.0.0.1',
+        servername: 'localhost',
+        port,
+        path,
+        ca: c.ca,
+        cert: c.cert,
+        key: c.key,
+        agent: false,
+        headers: c.token === undefined ? {} : { authorization: `Bearer ${c.token}` },
+      },
       (res) => {
         let text = '';
         res.setEncoding('utf8');
-        res.on('data', (c: string) => (text += c));
-        res.on('end', () =>
-          resolve({ ok: res.statusCode === 200, summary: `HTTP ${res.statusCode}\n${text.trimEnd()}` }),
-        );
-        res.on('error', (err) =>
-          resolve({
-            ok: false,
-            summary: `connection closed by the proxy (${(err as NodeJS.ErrnoException).code ?? err.message})`,
-          }),
-        );
+        res.on('data', (chunk: string) => (text += chunk));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, summary: `HTTP ${res.statusCode}\n${text.trimEnd()}` }));
+        res.on('error', (err) => resolve({ status: 0, summary: `connection closed (${(err as NodeJS.ErrnoException).code})` }));
       },
     );
-    req.on('error', (err) =>
-      resolve({ ok: false, summary: `refused: ${(err as NodeJS.ErrnoException).code ?? err.message}` }),
-    );
+    req.on('error', (err) => resolve({ status: 0, summary: `refused: ${(err as NodeJS.ErrnoException).code ?? err.message}` }));
     req.end();
   });
 }
@@ -84,28 +118,43 @@ function indent(text: string): string {
 }
 
 /**
- * `portcullis demo`: a throwaway CA and SVIDs, an echo upstream and the proxy in front of it with
- * the example policies; shows an allowed call and two refusals, then keeps running.
- * Resolves with the process exit code.
+ * `portcullis demo`: a throwaway CA and SVIDs, a token issuer with a JWKS endpoint, an echo
+ * upstream, and the proxy in front of it with the example policies; shows allowed and refused
+ * calls, then keeps running. Resolves with the process exit code.
  */
 export async function runDemo(opts: DemoOptions): Promise<number> {
   const out = opts.out;
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'portcullis-demo-'));
   mkdirSync(dir, { recursive: true });
   const certs = join(dir, 'certs');
+  const caDir = join(dir, 'ca');
   out(`Portcullis demo — files in ${dir}`);
-  out('Making a development CA for trust domain example.org and three certificates...');
-  await initCaDir(join(dir, 'ca'), 'example.org');
-  await issueToFiles(join(dir, 'ca'), 'spiffe://example.org/ns/default/sa/api', join(certs, 'api'), {
-    dnsNames: ['localhost'],
-  });
-  await issueToFiles(join(dir, 'ca'), 'spiffe://example.org/ns/default/sa/web', join(certs, 'web'));
+  out('Making a development CA for trust domain example.org, three certificates and a token issuer...');
+  await initCaDir(caDir, 'example.org');
+  await issueToFiles(caDir, 'spiffe://example.org/ns/default/sa/api', join(certs, 'api'), { dnsNames: ['localhost'] });
+  await issueToFiles(caDir, 'spiffe://example.org/ns/default/sa/web', join(certs, 'web'));
   // Signed by the trusted CA, but naming another trust domain: OpenSSL accepts the chain; the
   // SPIFFE check refuses it because attacker.test has no bundle here.
-  await issueToFiles(join(dir, 'ca'), 'spiffe://attacker.test/ns/default/sa/web', join(certs, 'impostor'));
+  await issueToFiles(caDir, 'spiffe://attacker.test/ns/default/sa/web', join(certs, 'impostor'));
 
+  const issuer = await startIssuer();
   const echo = await startEcho();
   const upstreamPort = (echo.address() as AddressInfo).port;
+  mkdirSync(join(dir, 'policies'), { recursive: true });
+  writeFileSync(
+    join(dir, 'policies', 'jwt.yaml'),
+    stringify({
+      apiVersion: 'security.istio.io/v1',
+      kind: 'RequestAuthentication',
+      metadata: { name: 'demo-issuer', namespace: 'default' },
+      spec: {
+        selector: { matchLabels: { app: 'api' } },
+        jwtRules: [
+          { issuer: ISSUER, jwksUri: issuer.jwksUri, audiences: ['api'], outputClaimToHeaders: [{ header: 'x-jwt-sub', claim: 'sub' }] },
+        ],
+      },
+    }),
+  );
   const configFile = join(dir, 'portcullis.yaml');
   writeFileSync(
     configFile,
@@ -113,20 +162,24 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       trustDomain: 'example.org',
       workload: { namespace: 'default', serviceAccount: 'api', labels: { app: 'api' } },
       identity: { cert: 'certs/api.pem', key: 'certs/api.key', bundles: { 'example.org': 'ca/bundle.pem' } },
-      listeners: [
-        { name: 'inbound', address: `127.0.0.1:${opts.port}`, upstream: `http://127.0.0.1:${upstreamPort}` },
-      ],
-      policies: [join(EXAMPLES_DIR, 'demo', 'policies')],
+      listeners: [{ name: 'inbound', address: `127.0.0.1:${opts.port}`, upstream: `http://127.0.0.1:${upstreamPort}` }],
+      policies: [join(EXAMPLES_DIR, 'demo', 'policies'), 'policies/'],
       admin: { address: `127.0.0.1:${opts.adminPort}` },
       shutdown: { drainTimeout: '2s' },
     }),
   );
 
+  const stopHelpers = (): void => {
+    echo.closeAllConnections();
+    echo.close();
+    issuer.server.closeAllConnections();
+    issuer.server.close();
+  };
   let proxy: Portcullis;
   try {
     proxy = await Portcullis.start(loadConfigFile(configFile), { logger: defaultLogger(opts.logLevel) });
   } catch (err) {
-    echo.close();
+    stopHelpers();
     throw err;
   }
   const port = proxy.listenerAddress('inbound').port;
@@ -135,53 +188,53 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     `Proxy on https://localhost:${port} (mTLS ${proxy.listeners[0]?.plan.mode}), admin on http://127.0.0.1:${adminPort}, upstream echo on 127.0.0.1:${upstreamPort}\n`,
   );
 
-  const certFile = (name: string): string => join(certs, name);
-  const bundle = readFileSync(join(dir, 'ca', 'bundle.pem'), 'utf8');
-  const read = (f: string): string => readFileSync(f, 'utf8');
+  const read = (name: string): string => readFileSync(join(certs, name), 'utf8');
+  const bundle = readFileSync(join(caDir, 'bundle.pem'), 'utf8');
+  const web: Client = { ca: bundle, cert: read('web.pem'), key: read('web.key') };
+  const token = await issuer.sign(3600);
+  const expired = await issuer.sign(-120);
 
-  const allowed = await call(port, '/hello', bundle, read(certFile('web.pem')), read(certFile('web.key')));
-  out('1. spiffe://example.org/ns/default/sa/web, signed by the trusted CA — allowed:');
-  out(indent(allowed.summary));
-  const impostor = await call(
-    port,
-    '/hello',
-    bundle,
-    read(certFile('impostor.pem')),
-    read(certFile('impostor.key')),
-  );
-  out(
-    '\n2. spiffe://attacker.test/ns/default/sa/web, signed by the same CA but naming an untrusted trust domain — refused:',
-  );
-  out(indent(impostor.summary));
-  const reasons = [...(proxy.listeners[0]?.stats.peersRejected.keys() ?? [])];
-  if (reasons.length > 0) out(indent(`(the proxy's reason: ${reasons.join(', ')})`));
-  const anonymous = await call(port, '/hello', bundle);
-  out('\n3. no client certificate — refused:');
-  out(indent(anonymous.summary));
+  const steps: [string, Client, (status: number) => boolean][] = [
+    ['spiffe://example.org/ns/default/sa/web, signed by the trusted CA — allowed', web, (s) => s === 200],
+    [
+      'spiffe://attacker.test/ns/default/sa/web, signed by the same CA but naming an untrusted trust domain — refused',
+      { ca: bundle, cert: read('impostor.pem'), key: read('impostor.key') },
+      (s) => s === 0,
+    ],
+    ['no client certificate — refused', { ca: bundle }, (s) => s === 0],
+    ['the web workload with an end-user token from the trusted issuer — allowed, the service learns the user', { ...web, token }, (s) => s === 200],
+    ['the web workload with an expired end-user token — refused', { ...web, token: expired }, (s) => s === 401],
+  ];
+  let behaved = true;
+  for (const [i, [title, client, expected]] of steps.entries()) {
+    const result = await call(port, '/hello', client);
+    out(`${i === 0 ? '' : '\n'}${i + 1}. ${title}:`);
+    out(indent(result.summary));
+    if (i === 1) {
+      const reasons = [...(proxy.listeners[0]?.stats.peersRejected.keys() ?? [])];
+      if (reasons.length > 0) out(indent(`(the proxy's reason: ${reasons.join(', ')})`));
+    }
+    if (!expected(result.status)) behaved = false;
+  }
+  out(`\n${behaved ? 'Every call behaved as expected.' : 'UNEXPECTED: the calls above did not behave as expected.'}`);
+
   const shutdown = async (): Promise<void> => {
     await proxy.close();
-    await new Promise<void>((r) => echo.close(() => r()));
-    echo.closeAllConnections();
+    stopHelpers();
     if (opts.dir === undefined) rmSync(dir, { recursive: true, force: true });
   };
-  const behaved = allowed.ok && !impostor.ok && !anonymous.ok;
-  out(
-    `\n${behaved ? 'All three calls behaved as expected.' : 'UNEXPECTED: the calls above did not behave as expected.'}`,
-  );
-
   if (opts.once) {
     await shutdown();
     return behaved ? 0 : 1;
   }
-  const curl = `curl --cacert ${join(dir, 'ca', 'bundle.pem')}`;
+  const curl = `curl --cacert ${join(caDir, 'bundle.pem')}`;
+  const asWeb = `--cert ${join(certs, 'web.pem')} --key ${join(certs, 'web.key')}`;
   out('\nTry it yourself:');
-  out(`  ${curl} --cert ${certFile('web.pem')} --key ${certFile('web.key')} https://localhost:${port}/hello`);
-  out(
-    `  ${curl} --cert ${certFile('impostor.pem')} --key ${certFile('impostor.key')} https://localhost:${port}/hello`,
-  );
+  out(`  ${curl} ${asWeb} https://localhost:${port}/hello`);
+  out(`  ${curl} ${asWeb} -H "Authorization: Bearer ${token}" https://localhost:${port}/hello`);
+  out(`  ${curl} --cert ${join(certs, 'impostor.pem')} --key ${join(certs, 'impostor.key')} https://localhost:${port}/hello`);
   out(`  ${curl} https://localhost:${port}/hello`);
   out(`  curl http://127.0.0.1:${adminPort}/status`);
-
   out('\nRunning until Ctrl-C.');
   await new Promise<void>((resolve) => {
     const stop = (): void => {

@@ -66,14 +66,15 @@ curl that check the server's host name). --ttl defaults to 24h. Durations: 90s, 
 const DEMO_HELP = `portcullis demo [--port N] [--admin-port N] [--dir DIR] [--once] [--verbose]
 
 Makes a throwaway CA and SVIDs, starts an echo upstream and the proxy in front of it with the
-policies in examples/demo/, makes three calls (an allowed one, a wrong identity, no certificate),
+policies in examples/demo/ and an end-user token issuer, makes example calls (allowed, a wrong
+identity, no certificate, a valid and an expired end-user token),
 prints curl commands to try, and runs until Ctrl-C.
 
 Options:
   --port N         proxy port (default 15006; 0 picks a free one)
   --admin-port N   admin port (default 15000; 0 picks a free one)
   --dir DIR        keep the files in DIR (default: a temp folder removed on exit)
-  --once           make the three calls and exit (0 if all behaved as expected)
+  --once           make the example calls and exit (0 if all behaved as expected)
   --verbose        show the proxy's own logs
 `;
 

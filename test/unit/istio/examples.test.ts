@@ -39,6 +39,11 @@ describe('shipped examples stay valid', () => {
     },
   );
 
+  it('policies/request-authentication loads', () => {
+    const set = loadPolicies([join(ROOT, 'policies/request-authentication')], 'default');
+    expect(set.requestAuthentications.map((r) => r.rules[0]?.issuer)).toEqual(['https://auth.example.com']);
+  });
+
   it('the sidecar manifest embeds a valid config and policy', () => {
     const file = join(ROOT, 'examples/sidecar/portcullis-sidecar.yaml');
     const cm = parseAllDocuments(readFileSync(file, 'utf8'))
