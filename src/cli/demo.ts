@@ -62,7 +62,11 @@ function startEcho(): Promise<http.Server> {
 }
 
 /** A JWKS endpoint for the demo's issuer, and a function that signs end-user tokens. */
-async function startIssuer(): Promise<{ server: http.Server; jwksUri: string; sign: (expSeconds: number) => Promise<string> }> {
+async function startIssuer(): Promise<{
+  server: http.Server;
+  jwksUri: string;
+  sign: (expSeconds: number) => Promise<string>;
+}> {
   const { publicKey, privateKey } = await generateKeyPair('ES256');
   const jwk = { ...(await exportJWK(publicKey)), kid: 'demo-1', alg: 'ES256', use: 'sig' };
   const server = http.createServer((_req, res) => {
@@ -101,11 +105,17 @@ function call(port: number, path: string, c: Client): Promise<CallResult> {
         let text = '';
         res.setEncoding('utf8');
         res.on('data', (chunk: string) => (text += chunk));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, summary: `HTTP ${res.statusCode}\n${text.trimEnd()}` }));
-        res.on('error', (err) => resolve({ status: 0, summary: `connection closed (${(err as NodeJS.ErrnoException).code})` }));
+        res.on('end', () =>
+          resolve({ status: res.statusCode ?? 0, summary: `HTTP ${res.statusCode}\n${text.trimEnd()}` }),
+        );
+        res.on('error', (err) =>
+          resolve({ status: 0, summary: `connection closed (${(err as NodeJS.ErrnoException).code})` }),
+        );
       },
     );
-    req.on('error', (err) => resolve({ status: 0, summary: `refused: ${(err as NodeJS.ErrnoException).code ?? err.message}` }));
+    req.on('error', (err) =>
+      resolve({ status: 0, summary: `refused: ${(err as NodeJS.ErrnoException).code ?? err.message}` }),
+    );
     req.end();
   });
 }
@@ -131,7 +141,9 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   out(`Portcullis demo — files in ${dir}`);
   out('Making a development CA for trust domain example.org, three certificates and a token issuer...');
   await initCaDir(caDir, 'example.org');
-  await issueToFiles(caDir, 'spiffe://example.org/ns/default/sa/api', join(certs, 'api'), { dnsNames: ['localhost'] });
+  await issueToFiles(caDir, 'spiffe://example.org/ns/default/sa/api', join(certs, 'api'), {
+    dnsNames: ['localhost'],
+  });
   await issueToFiles(caDir, 'spiffe://example.org/ns/default/sa/web', join(certs, 'web'));
   // Signed by the trusted CA, but naming another trust domain: OpenSSL accepts the chain; the
   // SPIFFE check refuses it because attacker.test has no bundle here.
@@ -150,7 +162,12 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       spec: {
         selector: { matchLabels: { app: 'api' } },
         jwtRules: [
-          { issuer: ISSUER, jwksUri: issuer.jwksUri, audiences: ['api'], outputClaimToHeaders: [{ header: 'x-jwt-sub', claim: 'sub' }] },
+          {
+            issuer: ISSUER,
+            jwksUri: issuer.jwksUri,
+            audiences: ['api'],
+            outputClaimToHeaders: [{ header: 'x-jwt-sub', claim: 'sub' }],
+          },
         ],
       },
     }),
@@ -162,7 +179,9 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       trustDomain: 'example.org',
       workload: { namespace: 'default', serviceAccount: 'api', labels: { app: 'api' } },
       identity: { cert: 'certs/api.pem', key: 'certs/api.key', bundles: { 'example.org': 'ca/bundle.pem' } },
-      listeners: [{ name: 'inbound', address: `127.0.0.1:${opts.port}`, upstream: `http://127.0.0.1:${upstreamPort}` }],
+      listeners: [
+        { name: 'inbound', address: `127.0.0.1:${opts.port}`, upstream: `http://127.0.0.1:${upstreamPort}` },
+      ],
       policies: [join(EXAMPLES_DIR, 'demo', 'policies'), 'policies/'],
       admin: { address: `127.0.0.1:${opts.adminPort}` },
       shutdown: { drainTimeout: '2s' },
@@ -202,8 +221,16 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       (s) => s === 0,
     ],
     ['no client certificate — refused', { ca: bundle }, (s) => s === 0],
-    ['the web workload with an end-user token from the trusted issuer — allowed, the service learns the user', { ...web, token }, (s) => s === 200],
-    ['the web workload with an expired end-user token — refused', { ...web, token: expired }, (s) => s === 401],
+    [
+      'the web workload with an end-user token from the trusted issuer — allowed, the service learns the user',
+      { ...web, token },
+      (s) => s === 200,
+    ],
+    [
+      'the web workload with an expired end-user token — refused',
+      { ...web, token: expired },
+      (s) => s === 401,
+    ],
   ];
   let behaved = true;
   for (const [i, [title, client, expected]] of steps.entries()) {
@@ -216,7 +243,9 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     }
     if (!expected(result.status)) behaved = false;
   }
-  out(`\n${behaved ? 'Every call behaved as expected.' : 'UNEXPECTED: the calls above did not behave as expected.'}`);
+  out(
+    `\n${behaved ? 'Every call behaved as expected.' : 'UNEXPECTED: the calls above did not behave as expected.'}`,
+  );
 
   const shutdown = async (): Promise<void> => {
     await proxy.close();
@@ -232,7 +261,9 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   out('\nTry it yourself:');
   out(`  ${curl} ${asWeb} https://localhost:${port}/hello`);
   out(`  ${curl} ${asWeb} -H "Authorization: Bearer ${token}" https://localhost:${port}/hello`);
-  out(`  ${curl} --cert ${join(certs, 'impostor.pem')} --key ${join(certs, 'impostor.key')} https://localhost:${port}/hello`);
+  out(
+    `  ${curl} --cert ${join(certs, 'impostor.pem')} --key ${join(certs, 'impostor.key')} https://localhost:${port}/hello`,
+  );
   out(`  ${curl} https://localhost:${port}/hello`);
   out(`  curl http://127.0.0.1:${adminPort}/status`);
   out('\nRunning until Ctrl-C.');

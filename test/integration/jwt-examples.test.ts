@@ -28,14 +28,19 @@ describe('shipped RequestAuthentication examples, against a real JWKS server', (
   describe('policies/request-authentication/oidc-provider.yaml', () => {
     let h: Harness;
     beforeAll(async () => {
-      h = await startHarness({ policies: example('policies/request-authentication/oidc-provider.yaml', uri) });
+      h = await startHarness({
+        policies: example('policies/request-authentication/oidc-provider.yaml', uri),
+      });
     });
     afterAll(() => h.close());
     const iss = 'https://auth.example.com';
 
     it('passes the subject on as x-user and removes the token', async () => {
       const t = await sign(key, { iss, sub: 'carol', aud: 'api.example.com' });
-      const res = await request(`${h.url}/orders`, { ...h.client, headers: { authorization: `Bearer ${t}` } });
+      const res = await request(`${h.url}/orders`, {
+        ...h.client,
+        headers: { authorization: `Bearer ${t}` },
+      });
       expect(res.status).toBe(200);
       const e = JSON.parse(res.text) as EchoReply;
       expect(e.headers['x-user']).toBe('carol');
@@ -44,9 +49,15 @@ describe('shipped RequestAuthentication examples, against a real JWKS server', (
 
     it('refuses another audience (403) and another issuer (401)', async () => {
       const wrongAud = await sign(key, { iss, aud: 'other' });
-      expect((await request(`${h.url}/o`, { ...h.client, headers: { authorization: `Bearer ${wrongAud}` } })).status).toBe(403);
+      expect(
+        (await request(`${h.url}/o`, { ...h.client, headers: { authorization: `Bearer ${wrongAud}` } }))
+          .status,
+      ).toBe(403);
       const wrongIss = await sign(key, { iss: 'https://auth.evil.example', aud: 'api.example.com' });
-      expect((await request(`${h.url}/o`, { ...h.client, headers: { authorization: `Bearer ${wrongIss}` } })).status).toBe(401);
+      expect(
+        (await request(`${h.url}/o`, { ...h.client, headers: { authorization: `Bearer ${wrongIss}` } }))
+          .status,
+      ).toBe(401);
     });
   });
 
@@ -63,17 +74,24 @@ describe('shipped RequestAuthentication examples, against a real JWKS server', (
 
     it('reads X-Partner-Token with its prefix and passes payload and tenant on', async () => {
       const t = await sign(key, { iss, aud: 'billing', tenant: { id: 't-42' } });
-      const res = await request(`${h.url}/invoices`, { ...h.client, headers: { 'x-partner-token': `Token ${t}` } });
+      const res = await request(`${h.url}/invoices`, {
+        ...h.client,
+        headers: { 'x-partner-token': `Token ${t}` },
+      });
       expect(res.status).toBe(200);
       const e = JSON.parse(res.text) as EchoReply;
       expect(e.headers['x-partner-tenant']).toBe('t-42');
-      expect(JSON.parse(Buffer.from(String(e.headers['x-partner-claims']), 'base64url').toString())).toMatchObject({ tenant: { id: 't-42' } });
+      expect(
+        JSON.parse(Buffer.from(String(e.headers['x-partner-claims']), 'base64url').toString()),
+      ).toMatchObject({ tenant: { id: 't-42' } });
       expect(e.headers['x-partner-token']).toBeUndefined();
     });
 
     it('refuses the token without its prefix', async () => {
       const t = await sign(key, { iss, aud: 'billing' });
-      expect((await request(`${h.url}/i`, { ...h.client, headers: { 'x-partner-token': t } })).status).toBe(401);
+      expect((await request(`${h.url}/i`, { ...h.client, headers: { 'x-partner-token': t } })).status).toBe(
+        401,
+      );
     });
   });
 });
