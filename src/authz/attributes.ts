@@ -19,8 +19,17 @@ export interface RequestAttributes {
   /** The direct peer's address and port (the TCP connection's remote end). */
   readonly sourceAddress: string;
   readonly sourcePort: number;
-  /** The local address and port the connection arrived on. */
+  /**
+   * The client's address as X-Forwarded-For tells it, trusting the configured number of proxy hops
+   * (`remote.ip`, `remoteIpBlocks`); the direct peer's address when no hop is trusted.
+   */
+  readonly remoteAddress: string;
+  /** The local address the connection arrived on (`destination.ip`). */
   readonly destinationAddress: string;
+  /**
+   * The workload port (`destination.port`, operation `ports`): the listener's workloadPort, which
+   * defaults to the upstream's port — Istio's ports are the workload's, not the proxy's.
+   */
   readonly destinationPort: number;
   /** TLS SNI, or '' for plaintext or no SNI. */
   readonly sni: string;

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import type { z } from 'zod';
+import type { PathNormalization } from '../authz/normalize.js';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { formatHostPort, type HostPort } from './address.js';
 import { configSchema, type LimitsInput, type ParsedConfig } from './schema.js';
@@ -67,6 +68,9 @@ export interface Config {
     readonly jwksMinRefetchInterval: number;
     readonly cacheSize: number;
   };
+  readonly pathNormalization: PathNormalization;
+  readonly trustedProxies: number;
+  readonly serverTiming: boolean;
   readonly watch: boolean;
   readonly log: { readonly level: string };
 }
@@ -180,6 +184,9 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
     admin: c.admin ?? null,
     shutdown: c.shutdown,
     jwt: c.jwt,
+    pathNormalization: c.pathNormalization,
+    trustedProxies: c.trustedProxies,
+    serverTiming: c.serverTiming,
     watch: c.watch,
     log: c.log,
   };

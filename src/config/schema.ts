@@ -125,6 +125,15 @@ export const configSchema = z.strictObject({
   admin: z.strictObject({ address: hostPort }).optional(),
   limits: limitsSchema.default({}),
   shutdown: z.strictObject({ drainTimeout: duration.default(15_000) }).default({ drainTimeout: 15_000 }),
+  /** How request paths are normalized before they are authorized and forwarded (Istio's options). */
+  pathNormalization: z.enum(['NONE', 'BASE', 'MERGE_SLASHES', 'DECODE_AND_MERGE_SLASHES']).default('BASE'),
+  /**
+   * Proxies in front of Portcullis whose X-Forwarded-For entries are trusted, counted from the
+   * right (Envoy's xff_num_trusted_hops). 0: remote.ip is the direct peer.
+   */
+  trustedProxies: z.number().int().min(0).max(16).default(0),
+  /** Add `Server-Timing: authz;dur=<ms>` to responses (authorization time apart from the upstream's). */
+  serverTiming: z.boolean().default(false),
   /** Request authentication (JWT) settings; the rules themselves are RequestAuthentication resources. */
   jwt: z
     .strictObject({

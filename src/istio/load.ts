@@ -2,6 +2,7 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { extname, join } from 'node:path';
 import { LineCounter, parseAllDocuments } from 'yaml';
 import { ConfigError, type ConfigIssue } from '../errors.js';
+import { type AuthorizationPolicy, parseAuthorizationPolicy } from './authorization-policy.js';
 import { type PeerAuthentication, parsePeerAuthentication } from './peer-authentication.js';
 import { parseRequestAuthentication, type RequestAuthentication } from './request-authentication.js';
 
@@ -21,17 +22,12 @@ export interface ResourceMeta {
 export interface PolicySet {
   readonly peerAuthentications: readonly PeerAuthentication[];
   readonly requestAuthentications: readonly RequestAuthentication[];
+  readonly authorizationPolicies: readonly AuthorizationPolicy[];
   /** Every file read, for watching. */
   readonly files: readonly string[];
 }
 
 const ISTIO_SECURITY = /^security\.istio\.io\/(v1|v1beta1)$/;
-
-/**
- * Kinds of security.istio.io that this version does not enforce yet. Loading one fails: ignoring an
- * AuthorizationPolicy would let through calls its author meant to deny (fail closed, never open).
- */
-const NOT_YET_SUPPORTED = new Set(['AuthorizationPolicy']);
 
 function policyFiles(paths: readonly string[], issues: ConfigIssue[]): string[] {
   const files: string[] = [];
@@ -65,6 +61,7 @@ export function loadPolicies(paths: readonly string[], defaultNamespace: string)
   const issues: ConfigIssue[] = [];
   const peerAuthentications: PeerAuthentication[] = [];
   const requestAuthentications: RequestAuthentication[] = [];
+  const authorizationPolicies: AuthorizationPolicy[] = [];
   const files = policyFiles(paths, issues);
   for (const file of files) {
     let text: string;
@@ -126,19 +123,18 @@ export function loadPolicies(paths: readonly string[], defaultNamespace: string)
           issues.push({ file, field: `${label}: ${field}`, message }),
         );
         if (ra !== null) requestAuthentications.push(ra);
-      } else if (NOT_YET_SUPPORTED.has(res.kind)) {
-        issues.push({
-          file,
-          field: label,
-          message: `${res.kind} is not enforced by this version of Portcullis; refusing to load rather than ignore it`,
-        });
+      } else if (res.kind === 'AuthorizationPolicy') {
+        const ap = parseAuthorizationPolicy(meta, res.spec, (field, message) =>
+          issues.push({ file, field: `${label}: ${field}`, message }),
+        );
+        if (ap !== null) authorizationPolicies.push(ap);
       } else {
         issues.push({ file, field: label, message: `unknown security.istio.io kind "${res.kind}"` });
       }
     });
   }
   if (issues.length > 0) throw new ConfigError('ERR_POLICY_INVALID', issues);
-  return { peerAuthentications, requestAuthentications, files };
+  return { peerAuthentications, requestAuthentications, authorizationPolicies, files };
 }
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;

@@ -1,6 +1,7 @@
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import type { RequestAttributes } from '../authz/attributes.js';
+import type { CompiledPolicy, DecisionOut, DecisionReason } from '../authz/compile.js';
 import type { PeerIdentity } from '../identity/verify-peer.js';
 import type { ListenerPlan } from './plan.js';
 
@@ -20,7 +21,7 @@ export interface PortcullisSocket {
  * One request's state, filled by the stages in order. Every field is assigned in the constructor
  * so all requests share one object shape; absent values are '' / null / 0, never missing.
  */
-export class RequestContext implements RequestAttributes {
+export class RequestContext implements RequestAttributes, DecisionOut {
   readonly req: IncomingMessage;
   readonly res: ServerResponse;
   /** The plan (snapshot-bound stage sequence) this request started on; it finishes on it. */
@@ -37,6 +38,7 @@ export class RequestContext implements RequestAttributes {
   readonly headers: IncomingHttpHeaders;
   readonly sourceAddress: string;
   readonly sourcePort: number;
+  remoteAddress: string;
   readonly destinationAddress: string;
   readonly destinationPort: number;
   readonly sni: string;
@@ -51,6 +53,18 @@ export class RequestContext implements RequestAttributes {
 
   /** The request target sent upstream (path and query), set by the request-line stage. */
   forwardTarget: string;
+  // Authorization outcome (DecisionOut), written by the authz stage.
+  allowed: boolean;
+  reason: DecisionReason;
+  policy: CompiledPolicy | null;
+  ruleIndex: number;
+  auditPolicy: CompiledPolicy | null;
+  shadowDenyPolicy: CompiledPolicy | null;
+  shadowAllowPolicy: CompiledPolicy | null;
+  shadowAllowed: boolean;
+  /** Time spent deciding (ms, fractional), for Server-Timing and audit. */
+  authzMs: number;
+
   /** Client headers (lowercase names) not to forward, decided per request; null when none. */
   dropHeaders: string[] | null;
   /** Headers the proxy adds upstream, flat [name, value, …]; null when none. */
@@ -73,8 +87,9 @@ export class RequestContext implements RequestAttributes {
     this.headers = req.headers;
     this.sourceAddress = socket.remoteAddress ?? '';
     this.sourcePort = socket.remotePort ?? 0;
+    this.remoteAddress = this.sourceAddress;
     this.destinationAddress = socket.localAddress ?? '';
-    this.destinationPort = socket.localPort ?? 0;
+    this.destinationPort = plan === null ? (socket.localPort ?? 0) : plan.workloadPort;
     this.tls = socket.encrypted === true;
     this.sni = this.tls && typeof socket.servername === 'string' ? socket.servername : '';
     this.peerPrincipal = peer === null ? '' : peer.spiffeId.principal;
@@ -83,6 +98,15 @@ export class RequestContext implements RequestAttributes {
     this.claims = null;
     this.audiences = NO_AUDIENCES;
     this.presenter = '';
+    this.allowed = true;
+    this.reason = 'no-allow-policies';
+    this.policy = null;
+    this.ruleIndex = -1;
+    this.auditPolicy = null;
+    this.shadowDenyPolicy = null;
+    this.shadowAllowPolicy = null;
+    this.shadowAllowed = true;
+    this.authzMs = 0;
     this.forwardTarget = '';
     this.dropHeaders = null;
     this.addHeaders = null;

@@ -25,6 +25,8 @@ export class ListenerPlan {
   readonly modeSource: string;
   readonly stages: readonly Stage[];
   readonly upstream: Upstream;
+  /** The port Istio policies call this workload's (destination.port). */
+  readonly workloadPort: number;
 
   constructor(
     snapshot: Snapshot,
@@ -32,8 +34,10 @@ export class ListenerPlan {
     modeSource: string,
     stages: readonly Stage[],
     upstream: Upstream,
+    workloadPort: number,
   ) {
     this.snapshot = snapshot;
+    this.workloadPort = workloadPort;
     this.mode = mode;
     this.modeSource = modeSource;
     this.stages = stages;

@@ -9,6 +9,7 @@ import { ConfigError, errorMessage } from '../errors.js';
 import { InboundListener } from './listener.js';
 import { ListenerPlan, type Stage } from './plan.js';
 import { loadSnapshot, type Snapshot } from './snapshot.js';
+import { AuthzStage } from './stages/authz.js';
 import { JwtStage } from './stages/jwt.js';
 import { RequestLineStage } from './stages/request-line.js';
 import { Upstream } from './upstream.js';
@@ -109,12 +110,22 @@ export class Portcullis implements AdminStatus {
             { clockSkewMs: this.config.jwt.clockSkew, cacheSize: this.config.jwt.cacheSize },
             this.log,
           );
+    const authz = snapshot.authorizer.empty
+      ? null
+      : new AuthzStage(snapshot.authorizer, this.config.trustedProxies, this.config.serverTiming);
+    const requestLine = new RequestLineStage(this.config.pathNormalization);
     // Key sets no rule refers to any more stop refreshing.
     this.jwks.retain(jwt?.sources ?? new Set<JwksSource>());
-    return this.config.listeners.map((lc) => this.plan(lc, snapshot, jwt));
+    return this.config.listeners.map((lc) => this.plan(lc, snapshot, requestLine, jwt, authz));
   }
 
-  private plan(lc: ListenerConfig, snapshot: Snapshot, jwt: JwtStage | null): ListenerPlan {
+  private plan(
+    lc: ListenerConfig,
+    snapshot: Snapshot,
+    requestLine: RequestLineStage,
+    jwt: JwtStage | null,
+    authz: AuthzStage | null,
+  ): ListenerPlan {
     let upstream = this.upstreams.get(lc.name);
     if (upstream === undefined) {
       upstream = new Upstream(lc.upstream, lc.limits, this.log);
@@ -122,9 +133,10 @@ export class Portcullis implements AdminStatus {
     }
     const decision = snapshot.peerAuthn.get(lc.name);
     if (decision === undefined) throw new Error(`no peer authentication resolved for listener ${lc.name}`);
-    const stages: Stage[] = [new RequestLineStage()];
+    const stages: Stage[] = [requestLine];
     if (jwt !== null) stages.push(jwt);
-    return new ListenerPlan(snapshot, decision.mode, decision.source, stages, upstream);
+    if (authz !== null) stages.push(authz);
+    return new ListenerPlan(snapshot, decision.mode, decision.source, stages, upstream, lc.workloadPort);
   }
 
   private watch(): void {

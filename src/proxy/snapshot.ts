@@ -2,6 +2,7 @@ import { constants as cryptoConstants } from 'node:crypto';
 import type { SecureContextOptions } from 'node:tls';
 import type { Logger } from 'pino';
 import { type PeerAuthnDecision, resolvePeerAuthn } from '../authn/peer-authn.js';
+import { Authorizer } from '../authz/compile.js';
 import type { Config } from '../config/load.js';
 import { ConfigError, type ConfigIssue, errorMessage } from '../errors.js';
 import { loadBundleFile, type TrustBundle, TrustBundleSet } from '../identity/bundle.js';
@@ -27,6 +28,8 @@ export class Snapshot {
   readonly peerAuthn: ReadonlyMap<string, PeerAuthnDecision>;
   /** JWT rules of every RequestAuthentication that applies to this workload, merged in load order. */
   readonly jwtRules: readonly JwtRule[];
+  /** The AuthorizationPolicies that apply to this workload, compiled. */
+  readonly authorizer: Authorizer;
   /** The full TLS option set: setSecureContext() resets whatever it is not given. */
   readonly tlsOptions: SecureContextOptions;
   /** XFCC `By=` value: the proxy's own SPIFFE ID. */
@@ -40,6 +43,7 @@ export class Snapshot {
     policies: PolicySet,
     peerAuthn: ReadonlyMap<string, PeerAuthnDecision>,
     jwtRules: readonly JwtRule[],
+    authorizer: Authorizer,
   ) {
     this.generation = generation;
     this.config = config;
@@ -48,6 +52,7 @@ export class Snapshot {
     this.policies = policies;
     this.peerAuthn = peerAuthn;
     this.jwtRules = jwtRules;
+    this.authorizer = authorizer;
     this.tlsOptions = {
       cert: credentials.certPem,
       key: credentials.keyPem,
@@ -140,5 +145,24 @@ export function loadSnapshot(config: Config, generation: number, log?: Logger): 
     if (appliesTo(ra.meta.namespace, ra.selector, config.workload, config.rootNamespace))
       jwtRules.push(...ra.rules);
   }
-  return new Snapshot(generation, config, credentials, bundleSet, policies, peerAuthn, jwtRules);
+  const authorizer = Authorizer.forWorkload(
+    policies.authorizationPolicies,
+    config.workload,
+    config.rootNamespace,
+  );
+  const custom = policies.authorizationPolicies.find(
+    (p) =>
+      p.action === 'CUSTOM' && appliesTo(p.meta.namespace, p.selector, config.workload, config.rootNamespace),
+  );
+  if (custom !== undefined) {
+    throw new ConfigError('ERR_POLICY_INVALID', [
+      {
+        file: custom.meta.origin.file,
+        field: `AuthorizationPolicy ${custom.meta.namespace}/${custom.meta.name}: spec.action`,
+        message:
+          'CUSTOM (external authorization) is not supported by this version; refusing to load rather than ignore it',
+      },
+    ]);
+  }
+  return new Snapshot(generation, config, credentials, bundleSet, policies, peerAuthn, jwtRules, authorizer);
 }

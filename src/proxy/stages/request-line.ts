@@ -1,20 +1,28 @@
+import { normalizePath, type PathNormalization } from '../../authz/normalize.js';
 import type { RequestContext } from '../context.js';
 import { REPLY_BAD_REQUEST } from '../local-reply.js';
 import type { Stage, StageResult } from '../plan.js';
 
 /**
- * Checks the request target and splits it into path and query. Only origin-form targets
- * (`/path?query`, RFC 9112 §3.2.1) are proxied, plus `*` for OPTIONS; absolute- and authority-form
- * would let a client name a different host than the one authorized. An encoded NUL is refused
- * before anything decodes it (llhttp passes it through).
+ * Checks the request line and fixes the path that is both authorized and forwarded. Only
+ * origin-form targets (`/path?query`, RFC 9112 §3.2.1) are proxied, plus `*` for OPTIONS;
+ * absolute- and authority-form would let a client name a different host than the one authorized.
+ * An encoded NUL is refused before anything decodes it (llhttp passes it through), and so is a
+ * method that is not uppercase letters.
  */
 export class RequestLineStage implements Stage {
   readonly name = 'request-line';
+  private readonly normalization: PathNormalization;
+
+  constructor(normalization: PathNormalization = 'BASE') {
+    this.normalization = normalization;
+  }
 
   run(ctx: RequestContext): StageResult {
     const url = ctx.req.url ?? '';
     const host = ctx.headers.host;
     ctx.host = host === undefined ? '' : host.toLowerCase();
+    if (!isUpperToken(ctx.method)) return REPLY_BAD_REQUEST;
     if (url === '*' && ctx.method === 'OPTIONS') {
       ctx.path = '*';
       ctx.forwardTarget = url;
@@ -23,11 +31,22 @@ export class RequestLineStage implements Stage {
     if (url.charCodeAt(0) !== 47 /* '/' */ || url.includes('#') || hasEncodedNul(url))
       return REPLY_BAD_REQUEST;
     const q = url.indexOf('?');
-    ctx.path = q === -1 ? url : url.slice(0, q);
+    const raw = q === -1 ? url : url.slice(0, q);
+    const path = normalizePath(raw, this.normalization);
+    ctx.path = path;
     ctx.query = q === -1 ? '' : url.slice(q + 1);
-    ctx.forwardTarget = url;
+    ctx.forwardTarget = path === raw ? url : q === -1 ? path : path + url.slice(q);
     return null;
   }
+}
+
+function isUpperToken(m: string): boolean {
+  if (m.length === 0) return false;
+  for (let i = 0; i < m.length; i++) {
+    const c = m.charCodeAt(i);
+    if (c < 65 || c > 90) return false;
+  }
+  return true;
 }
 
 function hasEncodedNul(url: string): boolean {

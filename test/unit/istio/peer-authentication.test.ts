@@ -195,8 +195,8 @@ describe('PeerAuthentication', () => {
       'document 1.metadata.name: is required',
     ],
     [
-      'apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: { name: deny-all }\nspec: {}\n',
-      'AuthorizationPolicy default/deny-all: AuthorizationPolicy is not enforced by this version',
+      'apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: { name: deny-all }\nspec: { action: DENY }\n',
+      'AuthorizationPolicy default/deny-all: spec.rules: a DENY policy needs at least one rule',
     ],
     [
       'apiVersion: security.istio.io/v1\nkind: Sidecar\nmetadata: { name: s }\n',
