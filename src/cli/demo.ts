@@ -87,7 +87,7 @@ async function startIssuer(): Promise<{
   return { server, jwksUri, sign };
 }
 
-function call(port: number, path: string, c: Client): Promise<CallResult> {
+function call(port: number, c: Client, path = '/hello'): Promise<CallResult> {
   return new Promise((resolve) => {
     const req = https.request(
       {
@@ -139,12 +139,13 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   const certs = join(dir, 'certs');
   const caDir = join(dir, 'ca');
   out(`Portcullis demo — files in ${dir}`);
-  out('Making a development CA for trust domain example.org, three certificates and a token issuer...');
+  out('Making a development CA for trust domain example.org, four certificates and a token issuer...');
   await initCaDir(caDir, 'example.org');
   await issueToFiles(caDir, 'spiffe://example.org/ns/default/sa/api', join(certs, 'api'), {
     dnsNames: ['localhost'],
   });
   await issueToFiles(caDir, 'spiffe://example.org/ns/default/sa/web', join(certs, 'web'));
+  await issueToFiles(caDir, 'spiffe://example.org/ns/default/sa/db', join(certs, 'db'));
   // Signed by the trusted CA, but naming another trust domain: OpenSSL accepts the chain; the
   // SPIFFE check refuses it because attacker.test has no bundle here.
   await issueToFiles(caDir, 'spiffe://attacker.test/ns/default/sa/web', join(certs, 'impostor'));
@@ -213,8 +214,23 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   const token = await issuer.sign(3600);
   const expired = await issuer.sign(-120);
 
-  const steps: [string, Client, (status: number) => boolean][] = [
-    ['spiffe://example.org/ns/default/sa/web, signed by the trusted CA — allowed', web, (s) => s === 200],
+  const steps: [string, Client, (status: number) => boolean, string?][] = [
+    [
+      'spiffe://example.org/ns/default/sa/web, signed by the trusted CA — allowed by policy',
+      web,
+      (s) => s === 200,
+    ],
+    [
+      'spiffe://example.org/ns/default/sa/db, a valid identity that no AuthorizationPolicy allows — denied',
+      { ca: bundle, cert: read('db.pem'), key: read('db.key') },
+      (s) => s === 403,
+    ],
+    [
+      'the web workload again, reaching for /admin through /hello/../admin — denied after path normalization',
+      web,
+      (s) => s === 403,
+      '/hello/../admin',
+    ],
     [
       'spiffe://attacker.test/ns/default/sa/web, signed by the same CA but naming an untrusted trust domain — refused',
       { ca: bundle, cert: read('impostor.pem'), key: read('impostor.key') },
@@ -233,11 +249,11 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     ],
   ];
   let behaved = true;
-  for (const [i, [title, client, expected]] of steps.entries()) {
-    const result = await call(port, '/hello', client);
+  for (const [i, [title, client, expected, path]] of steps.entries()) {
+    const result = await call(port, client, path);
     out(`${i === 0 ? '' : '\n'}${i + 1}. ${title}:`);
     out(indent(result.summary));
-    if (i === 1) {
+    if (i === 3) {
       const reasons = [...(proxy.listeners[0]?.stats.peersRejected.keys() ?? [])];
       if (reasons.length > 0) out(indent(`(the proxy's reason: ${reasons.join(', ')})`));
     }
@@ -260,6 +276,10 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   const asWeb = `--cert ${join(certs, 'web.pem')} --key ${join(certs, 'web.key')}`;
   out('\nTry it yourself:');
   out(`  ${curl} ${asWeb} https://localhost:${port}/hello`);
+  out(
+    `  ${curl} --cert ${join(certs, 'db.pem')} --key ${join(certs, 'db.key')} https://localhost:${port}/hello`,
+  );
+  out(`  ${curl} ${asWeb} --path-as-is https://localhost:${port}/hello/../admin`);
   out(`  ${curl} ${asWeb} -H "Authorization: Bearer ${token}" https://localhost:${port}/hello`);
   out(
     `  ${curl} --cert ${join(certs, 'impostor.pem')} --key ${join(certs, 'impostor.key')} https://localhost:${port}/hello`,

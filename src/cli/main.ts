@@ -18,13 +18,39 @@ Usage:
   portcullis validate [-c FILE]    check a config, its certificates and policies; exit 1 on any error
   portcullis ca init ...           make a development CA for a trust domain
   portcullis ca issue ...          issue an X.509-SVID from a development CA
+  portcullis check ...             show the authorization decision for a described request
   portcullis demo                  run a self-contained demo (what "npm start" runs)
 
 Options:
   -h, --help       help for any command (e.g. portcullis ca issue --help)
   -v, --version    print the version
 
-Exit codes: 0 success, 1 invalid config or failed check, 2 usage error.
+Exit codes: 0 success, 1 invalid config or failed check, 2 usage error (check: 3 denied).
+`;
+
+const CHECK_HELP = `portcullis check [-c FILE] --path PATH [options]
+
+Shows the decision the AuthorizationPolicies in the config make for a described request: allow or
+deny, which policy and rule decided, AUDIT and dry-run results. Loads only the config and its
+policy files (no certificates). The path is normalized as the proxy would (pathNormalization).
+
+Options:
+  -c, --config FILE             config file (default ./portcullis.yaml)
+  --listener NAME               listener whose workload port applies (default: the first)
+  --principal ID                the peer's SPIFFE ID (spiffe://td/ns/x/sa/y or td/ns/x/sa/y);
+                                leave out for a plaintext peer
+  --method M                    default GET
+  --path PATH                   request path, optionally with ?query (required)
+  --host HOST                   authority, with port if any (default localhost)
+  --header NAME=VALUE           a request header (repeatable)
+  --jwt-claims JSON             claims of a verified token; iss/sub give the request principal
+  --request-principal ISS/SUB   request principal, if not derived from --jwt-claims
+  --source-ip IP                the direct peer's address (default 127.0.0.1)
+  --remote-ip IP                remote.ip (default: the source IP)
+  --sni NAME                    TLS SNI
+  --explain                     for every policy, why each rule matched or did not
+
+Exit codes: 0 allowed, 3 denied, 1 invalid config or policies, 2 usage error.
 `;
 
 const RUN_HELP = `portcullis run [-c FILE]
@@ -159,6 +185,46 @@ async function cmdValidate(args: string[], out: Out): Promise<number> {
   return 0;
 }
 
+async function cmdCheck(args: string[], out: Out): Promise<number> {
+  const { values } = parse(args, {
+    config: { type: 'string', short: 'c' },
+    listener: { type: 'string' },
+    principal: { type: 'string' },
+    method: { type: 'string' },
+    path: { type: 'string' },
+    host: { type: 'string' },
+    header: { type: 'string', multiple: true },
+    'jwt-claims': { type: 'string' },
+    'request-principal': { type: 'string' },
+    'source-ip': { type: 'string' },
+    'remote-ip': { type: 'string' },
+    sni: { type: 'string' },
+    explain: { type: 'boolean' },
+  });
+  if (values.help) return help(out, CHECK_HELP);
+  const { loadConfigFile } = await import('../config/load.js');
+  const { runCheck } = await import('./check.js');
+  const config = loadConfigFile(str(values.config) ?? 'portcullis.yaml');
+  return runCheck(
+    config,
+    {
+      listener: str(values.listener),
+      principal: str(values.principal),
+      requestPrincipal: str(values['request-principal']),
+      claims: str(values['jwt-claims']),
+      method: str(values.method) ?? 'GET',
+      path: required(values.path, '--path'),
+      host: str(values.host),
+      headers: strs(values.header),
+      sourceIp: str(values['source-ip']),
+      remoteIp: str(values['remote-ip']),
+      sni: str(values.sni),
+      explain: values.explain === true,
+    },
+    out,
+  );
+}
+
 async function cmdCa(args: string[], out: Out): Promise<number> {
   const sub = args[0];
   const rest = args.slice(1);
@@ -240,6 +306,8 @@ export async function main(
         return await cmdValidate(rest, out);
       case 'ca':
         return await cmdCa(rest, out);
+      case 'check':
+        return await cmdCheck(rest, out);
       case 'demo':
         return await cmdDemo(rest, out);
       case '-v':

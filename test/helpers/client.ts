@@ -23,15 +23,23 @@ export interface ClientResponse {
   socketReused: boolean;
 }
 
-/** One HTTP(S) request with Node's own client, resolving with status, headers and the whole body. */
+/**
+ * One HTTP(S) request with Node's own client, resolving with status, headers and the whole body.
+ * The path is sent exactly as written (WHATWG URL parsing would resolve `..` and turn `\` into
+ * `/` before the proxy ever saw them).
+ */
 export function request(url: string, opts: ClientOptions = {}): Promise<ClientResponse> {
-  const u = new URL(url);
-  const isTls = u.protocol === 'https:';
+  const m = /^(https?):\/\/(\[[^\]]+\]|[^/:]+)(?::(\d+))?(.*)$/.exec(url);
+  if (m === null) throw new Error(`not a URL: ${url}`);
+  const isTls = m[1] === 'https';
   const mod = isTls ? https : http;
+  const hostname = (m[2] as string).replace(/^\[|\]$/g, '');
   return new Promise((resolve, reject) => {
     const req = mod.request(
-      u,
       {
+        hostname,
+        port: m[3] === undefined ? undefined : Number(m[3]),
+        path: m[4] === '' ? '/' : m[4],
         method: opts.method ?? 'GET',
         headers: opts.headers,
         agent: opts.agent ?? false,

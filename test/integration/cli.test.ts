@@ -162,12 +162,84 @@ describe('portcullis CLI', () => {
     expect(missing.stderr).toContain('nope.yaml: file not found');
   });
 
+  it('check shows the decision, the deciding policy and rule, and explains with --explain', async () => {
+    dir.write(
+      'check-policies/authz.yaml',
+      [
+        'apiVersion: security.istio.io/v1',
+        'kind: AuthorizationPolicy',
+        'metadata: { name: no-admin }',
+        'spec: { action: DENY, rules: [{ to: [{ operation: { paths: ["/admin/*"] } }] }] }',
+        '---',
+        'apiVersion: security.istio.io/v1',
+        'kind: AuthorizationPolicy',
+        'metadata: { name: api }',
+        'spec:',
+        '  rules:',
+        '    - from: [{ source: { principals: ["example.org/ns/default/sa/web"] } }]',
+        '    - when: [{ key: "request.auth.claims[groups]", values: ["admins"] }]',
+      ].join('\n'),
+    );
+    dir.write(
+      'check.yaml',
+      DOCUMENTED_CONFIG.replace('policies: [policies/]', 'policies: [check-policies/]'),
+    );
+    const cfg = ['-c', dir.file('check.yaml')];
+    const allowed = await cli([
+      'check',
+      ...cfg,
+      '--principal',
+      'spiffe://example.org/ns/default/sa/web',
+      '--path',
+      '/api/x',
+    ]);
+    expect(allowed.code).toBe(0);
+    expect(allowed.stdout).toContain('decision: ALLOW');
+    expect(allowed.stdout).toContain('ALLOW default/api rule[0]');
+
+    const denied = await cli([
+      'check',
+      ...cfg,
+      '--principal',
+      'example.org/ns/default/sa/web',
+      '--path',
+      '/api/../admin/x',
+      '--explain',
+    ]);
+    expect(denied.code).toBe(3);
+    expect(denied.stdout).toContain('(normalized from /api/../admin/x)');
+    expect(denied.stdout).toContain('reason: denied-by-policy — DENY default/no-admin rule[0]');
+    expect(denied.stdout).toContain('DENY default/no-admin: matches (rule[0])');
+
+    const byClaim = await cli([
+      'check',
+      ...cfg,
+      '--path',
+      '/x',
+      '--jwt-claims',
+      '{"iss":"https://idp","sub":"a","groups":["admins"]}',
+    ]);
+    expect(byClaim.code).toBe(0);
+    expect(byClaim.stdout).toContain('request principal: https://idp/a');
+    expect(byClaim.stdout).toContain('ALLOW default/api rule[1]');
+
+    const nobody = await cli(['check', ...cfg, '--path', '/x', '--explain']);
+    expect(nobody.code).toBe(3);
+    expect(nobody.stdout).toContain('reason: no-matching-allow');
+    expect(nobody.stdout).toContain(
+      'rule[1]: when request.auth.claims[groups]: [] matches none of ["admins"]',
+    );
+
+    expect((await cli(['check', ...cfg])).code).toBe(2);
+  });
+
   it('demo --once makes its calls and they behave', async () => {
     const r = await cli(['demo', '--once', '--port', '0', '--admin-port', '0']);
     expect(r.code, r.stdout + r.stderr).toBe(0);
     expect(r.stdout).toContain('Every call behaved as expected.');
     expect(r.stdout).toContain('"x-jwt-sub": "alice"');
     expect(r.stdout).toContain('HTTP 401');
+    expect(r.stdout).toContain('HTTP 403');
     expect(r.stdout).toContain('unknown-trust-domain');
   });
 

@@ -4,8 +4,12 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { resolvePeerAuthn } from '../../../src/authn/peer-authn.js';
+import { Authorizer, Decision } from '../../../src/authz/compile.js';
+import { referenceDecide } from '../../../src/authz/reference.js';
 import { configFromObject, loadConfigFile } from '../../../src/config/load.js';
 import { loadPolicies } from '../../../src/istio/load.js';
+import { appliesTo } from '../../../src/istio/selector.js';
+import { attrs } from '../../helpers/authz.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 
@@ -54,5 +58,47 @@ describe('shipped examples stay valid', () => {
     expect(configFromObject(cfg, dirname(file)).listeners[0]?.upstream).toBe('http://127.0.0.1:8080');
     const policy = parseAllDocuments(data['mtls.yaml'] ?? '')[0]?.toJS() as { kind: string };
     expect(policy.kind).toBe('PeerAuthentication');
+  });
+});
+
+describe('policies/authorization-policy enforce as Istio would', () => {
+  const set = loadPolicies([join(ROOT, 'policies/authorization-policy')], 'default').authorizationPolicies;
+  const wl = { namespace: 'default', labels: { app: 'api' } };
+  const applicable = set.filter((p) => appliesTo(p.meta.namespace, p.selector, wl, 'istio-system'));
+  const authorizer = new Authorizer(applicable);
+  const writer = { iss: 'https://auth.example.com', sub: 'w', groups: ['writers'] };
+
+  it.each([
+    ['web reads', {}, true],
+    ['web reads a template path', { path: '/users/42/orders' }, true],
+    ['web cannot write', { method: 'POST' }, false],
+    ['db cannot read', { peerPrincipal: 'example.org/ns/default/sa/db' }, false],
+    [
+      'a writer token may write',
+      { method: 'POST', requestPrincipal: 'https://auth.example.com/w', claims: writer },
+      true,
+    ],
+    [
+      'a reader token may not write',
+      { method: 'POST', requestPrincipal: 'https://auth.example.com/r', claims: { groups: ['readers'] } },
+      false,
+    ],
+    ['anyone reaches /healthz', { peerPrincipal: '', path: '/healthz' }, true],
+    ['admin from default is denied', { path: '/admin/users' }, false],
+    ['admin from ops is allowed by no ALLOW rule either', { path: '/admin', peerNamespace: 'ops' }, false],
+  ] as const)('%s', (_name, over, allowed) => {
+    const a = attrs({ path: '/api/items', ...over });
+    const d = new Decision();
+    authorizer.decide(a, d);
+    expect(d.allowed).toBe(allowed);
+    expect(referenceDecide(applicable, a).allowed).toBe(allowed);
+  });
+
+  it('marks payment calls for audit and records the dry-run without enforcing it', () => {
+    const d = new Decision();
+    authorizer.decide(attrs({ path: '/api/payments/7', remoteAddress: '198.51.100.1' }), d);
+    expect(d.allowed).toBe(true);
+    expect(d.auditPolicy?.id).toBe('default/audit-payments');
+    expect(d.shadowDenyPolicy?.id).toBe('default/office-network-only');
   });
 });

@@ -1,0 +1,147 @@
+import type { RequestAttributes } from '../authz/attributes.js';
+import { Authorizer, Decision } from '../authz/compile.js';
+import { normalizePath } from '../authz/normalize.js';
+import { referenceDecide } from '../authz/reference.js';
+import type { Config } from '../config/load.js';
+import { PortcullisError } from '../errors.js';
+import { loadPolicies } from '../istio/load.js';
+import { appliesTo } from '../istio/selector.js';
+
+export interface CheckInput {
+  listener?: string;
+  principal?: string;
+  requestPrincipal?: string;
+  claims?: string;
+  method: string;
+  path: string;
+  host?: string;
+  headers: string[];
+  sourceIp?: string;
+  remoteIp?: string;
+  sni?: string;
+  explain: boolean;
+}
+
+/** Exit code when the request would be denied (0 when allowed). */
+export const EXIT_DENIED = 3;
+
+function usage(message: string): never {
+  throw new PortcullisError('ERR_USAGE', message);
+}
+
+/** Builds the attributes a request with these properties would have on the given listener. */
+export function checkAttributes(config: Config, input: CheckInput): RequestAttributes {
+  const listener =
+    input.listener === undefined
+      ? config.listeners[0]
+      : config.listeners.find((l) => l.name === input.listener);
+  if (listener === undefined) usage(`no listener named "${input.listener}"`);
+  if (!input.path.startsWith('/')) usage('--path must start with "/"');
+  const q = input.path.indexOf('?');
+  const rawPath = q === -1 ? input.path : input.path.slice(0, q);
+  let principal = input.principal ?? '';
+  if (principal.startsWith('spiffe://')) principal = principal.slice('spiffe://'.length);
+  const nsMatch = /\/ns\/([^/]+)/.exec(principal);
+  let claims: Record<string, unknown> | null = null;
+  if (input.claims !== undefined) {
+    try {
+      const parsed = JSON.parse(input.claims) as unknown;
+      if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed))
+        usage('--jwt-claims must be a JSON object');
+      claims = parsed as Record<string, unknown>;
+    } catch (err) {
+      if (err instanceof PortcullisError) throw err;
+      usage('--jwt-claims is not valid JSON');
+    }
+  }
+  const headers: Record<string, string> = {};
+  for (const h of input.headers) {
+    const eq = h.indexOf('=');
+    if (eq <= 0) usage(`--header "${h}" is not name=value`);
+    headers[h.slice(0, eq).toLowerCase()] = h.slice(eq + 1);
+  }
+  const host = (input.host ?? headers.host ?? 'localhost').toLowerCase();
+  headers.host = host;
+  const aud = claims?.aud;
+  const requestPrincipal =
+    input.requestPrincipal ??
+    (claims !== null && typeof claims.iss === 'string' && typeof claims.sub === 'string'
+      ? `${claims.iss}/${claims.sub}`
+      : '');
+  const source = input.sourceIp ?? '127.0.0.1';
+  return {
+    method: input.method.toUpperCase(),
+    host,
+    path: normalizePath(rawPath, config.pathNormalization),
+    query: q === -1 ? '' : input.path.slice(q + 1),
+    headers,
+    sourceAddress: source,
+    sourcePort: 0,
+    remoteAddress: input.remoteIp ?? source,
+    destinationAddress: listener.address.host,
+    destinationPort: listener.workloadPort,
+    sni: input.sni ?? '',
+    peerPrincipal: principal,
+    peerNamespace: nsMatch?.[1] ?? '',
+    requestPrincipal,
+    claims,
+    audiences:
+      typeof aud === 'string'
+        ? [aud]
+        : Array.isArray(aud)
+          ? aud.filter((a): a is string => typeof a === 'string')
+          : [],
+    presenter: typeof claims?.azp === 'string' ? claims.azp : '',
+  };
+}
+
+/**
+ * `portcullis check`: the decision the loaded policies make for a described request, which
+ * policy and rule made it, and with --explain why each policy matched or not. Needs only the
+ * config and the policy files (no certificates).
+ */
+export function runCheck(config: Config, input: CheckInput, out: (line: string) => void): number {
+  const policies = loadPolicies(config.policies, config.workload.namespace).authorizationPolicies.filter(
+    (p) => appliesTo(p.meta.namespace, p.selector, config.workload, config.rootNamespace),
+  );
+  const a = checkAttributes(config, input);
+  const authorizer = new Authorizer(policies);
+  const d = new Decision();
+  authorizer.decide(a, d);
+  const custom = authorizer.matchCustom(a);
+  const ref = referenceDecide(policies, a);
+
+  out(
+    `request: ${a.method} ${a.host}${a.path}${a.query === '' ? '' : `?${a.query}`}${a.path !== input.path.split('?')[0] ? `  (normalized from ${input.path.split('?')[0]})` : ''}`,
+  );
+  out(
+    `  peer: ${a.peerPrincipal === '' ? '(none: plaintext)' : a.peerPrincipal}   request principal: ${a.requestPrincipal === '' ? '(none)' : a.requestPrincipal}`,
+  );
+  out(`decision: ${d.allowed ? 'ALLOW' : 'DENY (403 RBAC: access denied)'}`);
+  const by = d.policy === null ? '' : ` — ${d.policy.spec.action} ${d.policy.id} rule[${d.ruleIndex}]`;
+  out(`  reason: ${d.reason}${by}`);
+  if (d.auditPolicy !== null) out(`  audit: marked by AUDIT ${d.auditPolicy.id}`);
+  if (d.shadowDenyPolicy !== null) out(`  dry-run: DENY ${d.shadowDenyPolicy.id} would deny`);
+  if (authorizer.shadowAllow.length > 0) {
+    out(`  dry-run: ALLOW policies would ${d.shadowAllowed ? `allow (${d.shadowAllowPolicy?.id})` : 'deny'}`);
+  }
+  if (custom !== null)
+    out(`  CUSTOM ${custom.id} matches: provider "${custom.spec.provider}" would also be asked`);
+  if (ref.allowed !== d.allowed || ref.policy !== (d.policy?.id ?? null) || ref.ruleIndex !== d.ruleIndex) {
+    out(
+      `  WARNING: the reference evaluator disagrees (${ref.allowed ? 'allow' : 'deny'} by ${ref.policy ?? '-'} rule[${ref.ruleIndex}]); please report this`,
+    );
+  }
+  if (input.explain) {
+    out('');
+    if (policies.length === 0)
+      out('no AuthorizationPolicy applies to this workload: every request is allowed');
+    for (const e of ref.explanations) {
+      out(
+        `${e.action}${e.dryRun ? ' (dry-run)' : ''} ${e.policy}: ${e.ruleIndex === -1 ? 'does not match' : `matches (rule[${e.ruleIndex}])`}`,
+      );
+      for (const line of e.rules) out(`  ${line}`);
+    }
+  }
+  return d.allowed ? 0 : EXIT_DENIED;
+}
