@@ -77,12 +77,13 @@ describe('portcullis CLI', () => {
   it('prints help and refuses unknown commands with exit code 2', async () => {
     const help = await cli(['--help']);
     expect(help.code).toBe(0);
-    for (const cmd of ['run', 'validate', 'ca init', 'ca issue', 'demo'])
+    for (const cmd of ['run', 'validate', 'ca init', 'ca issue', 'check', 'demo'])
       expect(help.stdout).toContain(`portcullis ${cmd}`);
     for (const sub of [
       ['run', '--help'],
       ['validate', '-h'],
       ['ca', 'issue', '--help'],
+      ['check', '--help'],
       ['demo', '--help'],
     ]) {
       const r = await cli(sub);
