@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import type { z } from 'zod';
+import type { ExtAuthzProvider } from '../authz/ext-authz.js';
 import type { PathNormalization } from '../authz/normalize.js';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { formatHostPort, type HostPort } from './address.js';
@@ -68,6 +69,7 @@ export interface Config {
     readonly jwksMinRefetchInterval: number;
     readonly cacheSize: number;
   };
+  readonly extensionProviders: readonly ExtAuthzProvider[];
   readonly pathNormalization: PathNormalization;
   readonly trustedProxies: number;
   readonly serverTiming: boolean;
@@ -160,6 +162,44 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
     if (l.limits !== undefined)
       timeoutProblem(mergeLimits(c.limits, l.limits), `listeners[${i}].limits.headersTimeout`);
   });
+  const providers: ExtAuthzProvider[] = [];
+  const providerNames = new Set<string>();
+  c.extensionProviders.forEach((p, i) => {
+    const at = `extensionProviders[${i}]`;
+    if (providerNames.has(p.name))
+      issues.push({ file, field: `${at}.name`, message: `duplicate provider name "${p.name}"` });
+    providerNames.add(p.name);
+    const x = p.envoyExtAuthzHttp;
+    let origin: string;
+    try {
+      const url = new URL(x.service.includes('://') ? x.service : `http://${x.service}`);
+      if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error('scheme');
+      if (x.port !== undefined) url.port = String(x.port);
+      origin = url.origin;
+    } catch {
+      issues.push({
+        file,
+        field: `${at}.envoyExtAuthzHttp.service`,
+        message: `"${x.service}" is not an http(s) URL or host name`,
+      });
+      return;
+    }
+    providers.push({
+      name: p.name,
+      origin,
+      pathPrefix: x.pathPrefix,
+      timeoutMs: x.timeout,
+      failOpen: x.failOpen,
+      statusOnError: x.statusOnError,
+      includeRequestHeaders: x.includeRequestHeadersInCheck.map((h) => h.toLowerCase()),
+      additionalHeaders: Object.entries(x.includeAdditionalHeadersInCheck).map(
+        ([k, v]) => [k.toLowerCase(), v] as const,
+      ),
+      headersToUpstreamOnAllow: x.headersToUpstreamOnAllow.map((h) => h.toLowerCase()),
+      headersToDownstreamOnAllow: x.headersToDownstreamOnAllow.map((h) => h.toLowerCase()),
+      headersToDownstreamOnDeny: x.headersToDownstreamOnDeny.map((h) => h.toLowerCase()),
+    });
+  });
   if (c.admin !== undefined && c.admin.address.port !== 0 && addresses.has(formatHostPort(c.admin.address))) {
     issues.push({ file, field: 'admin.address', message: 'the admin address is also a listener address' });
   }
@@ -184,6 +224,7 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
     admin: c.admin ?? null,
     shutdown: c.shutdown,
     jwt: c.jwt,
+    extensionProviders: providers,
     pathNormalization: c.pathNormalization,
     trustedProxies: c.trustedProxies,
     serverTiming: c.serverTiming,

@@ -134,6 +134,37 @@ export const configSchema = z.strictObject({
   trustedProxies: z.number().int().min(0).max(16).default(0),
   /** Add `Server-Timing: authz;dur=<ms>` to responses (authorization time apart from the upstream's). */
   serverTiming: z.boolean().default(false),
+  /**
+   * External authorizers for CUSTOM AuthorizationPolicies, in Istio's meshConfig shape
+   * (`extensionProviders[].envoyExtAuthzHttp`).
+   */
+  extensionProviders: z
+    .array(
+      z.strictObject({
+        name: z.string().min(1),
+        envoyExtAuthzHttp: z.strictObject({
+          /** URL of the authorizer (http:// or https://), or a host name with `port`. */
+          service: z.string().min(1),
+          port: port.optional(),
+          pathPrefix: z
+            .string()
+            .regex(/^(\/.*)?$/, 'must start with "/"')
+            .default(''),
+          timeout: duration.default(1_000),
+          failOpen: z.boolean().default(false),
+          statusOnError: z
+            .union([z.string().regex(/^[1-5]\d\d$/), z.number().int().min(100).max(599)])
+            .transform(Number)
+            .default(403),
+          includeRequestHeadersInCheck: z.array(z.string().min(1)).default([]),
+          includeAdditionalHeadersInCheck: z.record(z.string(), z.string()).default({}),
+          headersToUpstreamOnAllow: z.array(z.string().min(1)).default([]),
+          headersToDownstreamOnAllow: z.array(z.string().min(1)).default([]),
+          headersToDownstreamOnDeny: z.array(z.string().min(1)).default([]),
+        }),
+      }),
+    )
+    .default([]),
   /** Request authentication (JWT) settings; the rules themselves are RequestAuthentication resources. */
   jwt: z
     .strictObject({

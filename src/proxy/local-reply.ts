@@ -9,25 +9,27 @@ export class LocalReply {
   readonly body: Buffer;
   /** Short reason for logs and audit (e.g. `upstream-unavailable`). */
   readonly reason: string;
-  readonly headers: Readonly<Record<string, string>>;
+  readonly headers: Readonly<Record<string, string | string[]>>;
   /** Add `WWW-Authenticate: Bearer realm="<request URL>"` (RFC 6750 §3), as Envoy does on a JWT failure. */
   readonly bearerChallenge: boolean;
 
+  /** A string body gets a final newline; a Buffer is sent exactly (a relayed body). */
   constructor(
     status: number,
     reason: string,
-    body: string,
-    extraHeaders?: Record<string, string>,
+    body: string | Buffer,
+    extraHeaders?: Record<string, string | string[]>,
     bearerChallenge = false,
   ) {
     this.status = status;
     this.reason = reason;
     this.bearerChallenge = bearerChallenge;
-    this.body = Buffer.from(body.endsWith('\n') ? body : `${body}\n`);
+    this.body = typeof body === 'string' ? Buffer.from(body.endsWith('\n') ? body : `${body}\n`) : body;
     this.headers = {
       'content-type': 'text/plain; charset=utf-8',
-      'content-length': String(this.body.length),
       ...extraHeaders,
+      // Always the length of the body actually sent, whatever a relayed header said.
+      'content-length': String(this.body.length),
     };
   }
 }

@@ -2,6 +2,7 @@ import type { AddressInfo } from 'node:net';
 import pino, { type Logger } from 'pino';
 import { AdminServer, type AdminStatus } from '../admin/server.js';
 import { JwksRegistry, type JwksSource } from '../authn/jwks.js';
+import { ExtAuthzClient } from '../authz/ext-authz.js';
 import { formatHostPort } from '../config/address.js';
 import type { Config, ListenerConfig } from '../config/load.js';
 import { FolderWatcher } from '../config/watch.js';
@@ -37,6 +38,8 @@ export class Portcullis implements AdminStatus {
   private watcher: FolderWatcher | null = null;
   private readonly upstreams = new Map<string, Upstream>();
   readonly jwks: JwksRegistry;
+  /** External authorizers for CUSTOM policies, by provider name (from the config; fixed for the run). */
+  readonly extAuthz: ReadonlyMap<string, ExtAuthzClient>;
   private listening = false;
   private closing = false;
   private generation = 1;
@@ -47,6 +50,7 @@ export class Portcullis implements AdminStatus {
     this.config = config;
     this.snapshot = snapshot;
     this.log = log;
+    this.extAuthz = new Map(config.extensionProviders.map((p) => [p.name, new ExtAuthzClient(p)]));
     this.jwks = new JwksRegistry(
       {
         refreshIntervalMs: config.jwt.jwksRefreshInterval,
@@ -112,7 +116,15 @@ export class Portcullis implements AdminStatus {
           );
     const authz = snapshot.authorizer.empty
       ? null
-      : new AuthzStage(snapshot.authorizer, this.config.trustedProxies, this.config.serverTiming);
+      : new AuthzStage(
+          snapshot.authorizer,
+          {
+            trustedProxies: this.config.trustedProxies,
+            serverTiming: this.config.serverTiming,
+            providers: this.extAuthz,
+          },
+          this.log,
+        );
     const requestLine = new RequestLineStage(this.config.pathNormalization);
     // Key sets no rule refers to any more stop refreshing.
     this.jwks.retain(jwt?.sources ?? new Set<JwksSource>());
@@ -254,6 +266,7 @@ export class Portcullis implements AdminStatus {
     await Promise.all([...this.upstreams.values()].map((u) => u.close().catch(() => undefined)));
     await this.admin?.close();
     this.jwks.close();
+    await Promise.all([...this.extAuthz.values()].map((c) => c.close().catch(() => undefined)));
     this.listening = false;
     this.log.info('stopped');
   }

@@ -150,19 +150,29 @@ export function loadSnapshot(config: Config, generation: number, log?: Logger): 
     config.workload,
     config.rootNamespace,
   );
-  const custom = policies.authorizationPolicies.find(
-    (p) =>
-      p.action === 'CUSTOM' && appliesTo(p.meta.namespace, p.selector, config.workload, config.rootNamespace),
-  );
-  if (custom !== undefined) {
-    throw new ConfigError('ERR_POLICY_INVALID', [
-      {
-        file: custom.meta.origin.file,
-        field: `AuthorizationPolicy ${custom.meta.namespace}/${custom.meta.name}: spec.action`,
-        message:
-          'CUSTOM (external authorization) is not supported by this version; refusing to load rather than ignore it',
-      },
-    ]);
+  // Every CUSTOM policy must name a configured provider: an unknown one would either fail every
+  // request or, worse, be skipped.
+  for (const p of policies.authorizationPolicies) {
+    if (
+      p.action !== 'CUSTOM' ||
+      !appliesTo(p.meta.namespace, p.selector, config.workload, config.rootNamespace)
+    )
+      continue;
+    const field = `AuthorizationPolicy ${p.meta.namespace}/${p.meta.name}`;
+    if (p.dryRun) {
+      issues.push({
+        file: p.meta.origin.file,
+        field: `${field}: metadata.annotations`,
+        message: 'dry-run is not supported for CUSTOM policies',
+      });
+    } else if (!config.extensionProviders.some((x) => x.name === p.provider)) {
+      issues.push({
+        file: p.meta.origin.file,
+        field: `${field}: spec.provider.name`,
+        message: `no extension provider named "${p.provider}" in ${config.file} (extensionProviders)`,
+      });
+    }
   }
+  if (issues.length > 0) throw new ConfigError('ERR_CONFIG_INVALID', issues);
   return new Snapshot(generation, config, credentials, bundleSet, policies, peerAuthn, jwtRules, authorizer);
 }

@@ -1,4 +1,6 @@
-import type { Authorizer } from '../../authz/compile.js';
+import type { Logger } from 'pino';
+import type { Authorizer, CompiledPolicy } from '../../authz/compile.js';
+import type { ExtAuthzClient } from '../../authz/ext-authz.js';
 import type { RequestContext } from '../context.js';
 import { LocalReply } from '../local-reply.js';
 import type { Stage, StageResult } from '../plan.js';
@@ -10,20 +12,32 @@ export const REPLY_RBAC_DENIED = new LocalReply(403, 'rbac-denied', 'RBAC: acces
  * Authorization: the compiled AuthorizationPolicy set decides, reading the request context and
  * writing its outcome back into it (RequestContext implements DecisionOut), so deciding allocates
  * nothing. Present in the plan only when some policy applies to the workload.
+ *
+ * CUSTOM policies: when one matches, its external authorizer must also allow. Istio evaluates
+ * CUSTOM before DENY and ALLOW; here the local policies go first, so a request they deny costs no
+ * call to the authorizer. The outcome is the same: a request passes only if all of them allow.
  */
 export class AuthzStage implements Stage {
   readonly name = 'authz';
   readonly authorizer: Authorizer;
   private readonly trustedProxies: number;
   private readonly serverTiming: boolean;
+  private readonly providers: ReadonlyMap<string, ExtAuthzClient>;
+  private readonly log: Logger;
 
-  constructor(authorizer: Authorizer, trustedProxies: number, serverTiming: boolean) {
+  constructor(
+    authorizer: Authorizer,
+    opts: { trustedProxies: number; serverTiming: boolean; providers: ReadonlyMap<string, ExtAuthzClient> },
+    log: Logger,
+  ) {
     this.authorizer = authorizer;
-    this.trustedProxies = trustedProxies;
-    this.serverTiming = serverTiming;
+    this.trustedProxies = opts.trustedProxies;
+    this.serverTiming = opts.serverTiming;
+    this.providers = opts.providers;
+    this.log = log;
   }
 
-  run(ctx: RequestContext): StageResult {
+  run(ctx: RequestContext): StageResult | Promise<StageResult> {
     const t0 = performance.now();
     if (this.authorizer.needsRemoteIp && this.trustedProxies > 0) {
       ctx.remoteAddress = remoteAddress(
@@ -34,8 +48,61 @@ export class AuthzStage implements Stage {
     }
     this.authorizer.decide(ctx, ctx);
     ctx.authzMs = performance.now() - t0;
+    if (!ctx.allowed) {
+      this.timing(ctx);
+      return REPLY_RBAC_DENIED;
+    }
+    const custom = this.authorizer.custom.length === 0 ? null : this.authorizer.matchCustom(ctx);
+    if (custom === null) {
+      this.timing(ctx);
+      return null;
+    }
+    return this.askProvider(ctx, custom, t0);
+  }
+
+  private timing(ctx: RequestContext): void {
     if (this.serverTiming) ctx.res.setHeader('server-timing', `authz;dur=${ctx.authzMs.toFixed(3)}`);
-    return ctx.allowed ? null : REPLY_RBAC_DENIED;
+  }
+
+  private async askProvider(ctx: RequestContext, policy: CompiledPolicy, t0: number): Promise<StageResult> {
+    // The provider exists: snapshot loading refuses a CUSTOM policy naming an unknown one.
+    const client = this.providers.get(policy.spec.provider as string) as ExtAuthzClient;
+    const r = await client.check({
+      method: ctx.method,
+      host: typeof ctx.headers.host === 'string' ? ctx.headers.host : '',
+      target: ctx.forwardTarget,
+      headers: ctx.headers,
+      xfcc: ctx.xfcc,
+    });
+    ctx.authzMs = performance.now() - t0;
+    this.timing(ctx);
+    if (r.error !== null) {
+      this.log.warn(
+        {
+          provider: client.provider.name,
+          policy: policy.id,
+          error: r.error,
+          failOpen: client.provider.failOpen,
+        },
+        'external authorizer did not answer',
+      );
+    }
+    if (r.allowed) {
+      for (const [n, v] of r.upstreamHeaders) ctx.addHeader(n, v);
+      for (const [n, v] of r.downstreamHeaders) ctx.res.appendHeader(n, v);
+      return null;
+    }
+    ctx.allowed = false;
+    ctx.policy = policy;
+    ctx.reason = 'denied-by-policy';
+    const headers: Record<string, string[]> = {};
+    for (const [n, v] of r.downstreamHeaders) (headers[n] ??= []).push(v);
+    return new LocalReply(
+      r.status,
+      r.error === null ? 'ext-authz-denied' : 'ext-authz-error',
+      Buffer.from(r.body),
+      headers,
+    );
   }
 }
 
