@@ -9,6 +9,7 @@ export interface AdminStatus {
   /** Certificates and policies loaded, listening, and not shutting down. */
   readonly ready: boolean;
   statusJson(): unknown;
+  metricsText(): Promise<{ contentType: string; body: string }>;
 }
 
 /**

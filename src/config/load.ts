@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import type { z } from 'zod';
+import type { AuditConfig } from '../audit/log.js';
 import type { ExtAuthzProvider } from '../authz/ext-authz.js';
 import type { PathNormalization } from '../authz/normalize.js';
 import { ConfigError, type ConfigIssue } from '../errors.js';
@@ -70,6 +71,7 @@ export interface Config {
     readonly cacheSize: number;
   };
   readonly extensionProviders: readonly ExtAuthzProvider[];
+  readonly audit: AuditConfig | null;
   readonly pathNormalization: PathNormalization;
   readonly trustedProxies: number;
   readonly serverTiming: boolean;
@@ -225,6 +227,31 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
     shutdown: c.shutdown,
     jwt: c.jwt,
     extensionProviders: providers,
+    audit:
+      c.audit === undefined
+        ? null
+        : {
+            decisions: c.audit.decisions,
+            sampleAllows: c.audit.sampleAllows,
+            includeQuery: c.audit.includeQuery,
+            headers: c.audit.headers.map((h) => h.toLowerCase()),
+            bufferSize: c.audit.bufferSize,
+            sinks: c.audit.sinks.map((k) =>
+              k.type === 'stdout'
+                ? k
+                : k.type === 'file'
+                  ? { type: 'file' as const, path: abs(k.path), maxBytes: k.maxSize, keep: k.keep }
+                  : {
+                      type: 'http' as const,
+                      url: k.url,
+                      timeoutMs: k.timeout,
+                      gzip: k.gzip,
+                      batchSize: k.batchSize,
+                      maxRetryDelayMs: k.maxRetryDelay,
+                      headers: k.headers,
+                    },
+            ),
+          },
     pathNormalization: c.pathNormalization,
     trustedProxies: c.trustedProxies,
     serverTiming: c.serverTiming,

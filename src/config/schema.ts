@@ -61,6 +61,9 @@ const upstream = z.string().transform((v, ctx) => {
 
 const port = z.number().int().min(1).max(65535);
 
+/** Headers whose values are secrets: the audit log refuses to record them. */
+const CREDENTIAL_HEADERS: ReadonlySet<string> = new Set(['authorization', 'cookie', 'proxy-authorization', 'x-api-key']);
+
 export const limitsSchema = z.strictObject({
   /** Largest request head (request line and headers) accepted, in bytes (Node's --max-http-header-size). */
   maxHeaderSize: z
@@ -134,6 +137,43 @@ export const configSchema = z.strictObject({
   trustedProxies: z.number().int().min(0).max(16).default(0),
   /** Add `Server-Timing: authz;dur=<ms>` to responses (authorization time apart from the upstream's). */
   serverTiming: z.boolean().default(false),
+  /** The audit stream: one event per decision, to one or more sinks. Absent: no audit events. */
+  audit: z
+    .strictObject({
+      decisions: z.enum(['all', 'deny', 'audit']).default('all'),
+      sampleAllows: z.number().min(0).max(1).default(1),
+      includeQuery: z.boolean().default(false),
+      headers: z
+        .array(z.string().min(1))
+        .default([])
+        .refine((hs) => !hs.some((h) => CREDENTIAL_HEADERS.has(h.toLowerCase())), {
+          message: 'credential headers (authorization, cookie, proxy-authorization, x-api-key) are never recorded',
+        }),
+      bufferSize: z.number().int().min(1).max(1_000_000).default(10_000),
+      sinks: z
+        .array(
+          z.discriminatedUnion('type', [
+            z.strictObject({ type: z.literal('stdout') }),
+            z.strictObject({
+              type: z.literal('file'),
+              path: z.string().min(1),
+              maxSize: z.number().int().min(1024).default(100 * 1024 * 1024),
+              keep: z.number().int().min(1).max(100).default(5),
+            }),
+            z.strictObject({
+              type: z.literal('http'),
+              url: z.url({ protocol: /^https?$/ }),
+              timeout: duration.default(5_000),
+              gzip: z.boolean().default(true),
+              batchSize: z.number().int().min(1).max(100_000).default(500),
+              maxRetryDelay: duration.default(30_000),
+              headers: z.record(z.string(), z.string()).default({}),
+            }),
+          ]),
+        )
+        .min(1, 'at least one sink is needed'),
+    })
+    .optional(),
   /**
    * External authorizers for CUSTOM AuthorizationPolicies, in Istio's meshConfig shape
    * (`extensionProviders[].envoyExtAuthzHttp`).

@@ -26,7 +26,16 @@ export class RequestContext implements RequestAttributes, DecisionOut {
   readonly res: ServerResponse;
   /** The plan (snapshot-bound stage sequence) this request started on; it finishes on it. */
   readonly plan: ListenerPlan;
+  /** performance.now() at arrival (durations) and Date.now() (the event time). */
   readonly startTime: number;
+  readonly startedAt: number;
+  /** The request's id: the client's valid x-request-id, or one made here (and forwarded). */
+  requestId: string;
+  /** The reason of the local reply sent, or '' when the request was forwarded. */
+  localReason: string;
+  /** performance.now() when forwarding began and when the upstream response ended (0: not yet). */
+  upstreamStart: number;
+  upstreamEnd: number;
   readonly peer: PeerIdentity | null;
   /** XFCC value to send upstream, or '' without a verified peer. */
   readonly xfcc: string;
@@ -78,6 +87,11 @@ export class RequestContext implements RequestAttributes, DecisionOut {
     this.res = res;
     this.plan = plan;
     this.startTime = performance.now();
+    this.startedAt = Date.now();
+    this.requestId = '';
+    this.localReason = '';
+    this.upstreamStart = 0;
+    this.upstreamEnd = 0;
     this.peer = peer;
     this.xfcc = socket[kXfcc] ?? '';
     this.method = req.method ?? '';

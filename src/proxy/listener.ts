@@ -12,6 +12,7 @@ import { runStages } from './pipeline.js';
 import type { ListenerPlan } from './plan.js';
 
 const kListener = Symbol('portcullis.listener');
+const kContext = Symbol('portcullis.context');
 const kHandedOff = Symbol('portcullis.handedOff');
 /** First byte of a TLS record carrying a handshake (RFC 8446 §5.1, ContentType handshake = 22). */
 const TLS_HANDSHAKE = 0x16;
@@ -207,6 +208,7 @@ export class InboundListener {
     } catch (err) {
       const reason = err instanceof PeerError ? err.reason : 'error';
       count(this.stats.peersRejected, reason);
+      this.plan.observer.peerRefused(this.name, reason, (err as Error).message, socket.remoteAddress ?? '', socket.remotePort ?? 0);
       this.log.warn(
         { listener: this.name, reason, remote: socket.remoteAddress, detail: (err as Error).message },
         'peer refused',
@@ -224,9 +226,10 @@ export class InboundListener {
     this.httpConnection.call(this.http, socket);
   }
 
-  tlsFailed(err: Error & { code?: string }): void {
+  tlsFailed(err: Error & { code?: string }, socket: tls.TLSSocket | undefined): void {
     const code = err.code ?? 'unknown';
     count(this.stats.tlsFailures, code);
+    this.plan.observer.peerRefused(this.name, 'tls-handshake', code, socket?.remoteAddress ?? '', socket?.remotePort ?? 0);
     this.log.debug({ listener: this.name, code, message: err.message }, 'TLS handshake failed');
   }
 
@@ -276,13 +279,23 @@ function onSecureConnection(this: tls.Server & Tagged, socket: tls.TLSSocket): v
   (this[kListener] as InboundListener).verifyAndHandOff(socket);
 }
 
-function onTlsClientError(this: tls.Server & Tagged, err: Error): void {
-  (this[kListener] as InboundListener).tlsFailed(err);
+function onTlsClientError(this: tls.Server & Tagged, err: Error, socket: tls.TLSSocket): void {
+  (this[kListener] as InboundListener).tlsFailed(err, socket);
 }
 
 function onRequest(this: http.Server & Tagged, req: http.IncomingMessage, res: http.ServerResponse): void {
   const listener = this[kListener] as InboundListener;
   listener.stats.requests++;
   if (listener.closing) res.shouldKeepAlive = false;
-  runStages(new RequestContext(listener.plan, req, res), 0);
+  const ctx = new RequestContext(listener.plan, req, res);
+  (res as http.ServerResponse & { [kContext]?: RequestContext })[kContext] = ctx;
+  res.once('close', onResponseClose);
+  runStages(ctx, 0);
+}
+
+/** The response is done (sent, or the client went away): count it and record it. */
+function onResponseClose(this: http.ServerResponse & { [kContext]?: RequestContext }): void {
+  const ctx = this[kContext] as RequestContext;
+  const plan = ctx.plan;
+  plan.observer.finished(ctx, plan.listenerName, plan.authorized);
 }

@@ -32,6 +32,7 @@ export function runStages(ctx: RequestContext, from: number): void {
 }
 
 export function reply(ctx: RequestContext, r: LocalReply): void {
+  ctx.localReason = r.reason;
   sendLocalReply(ctx.res, r, r.bearerChallenge ? ctx.bearerChallenge() : '');
 }
 
@@ -40,5 +41,5 @@ const REPLY_INTERNAL = new LocalReply(500, 'internal-error', 'internal error');
 /** Any error inside a stage denies the request: a PEP that cannot decide must not let it through. */
 function failClosed(ctx: RequestContext, err: unknown): void {
   ctx.plan.upstream.logger.error({ err }, 'request stage failed; denying the request');
-  sendLocalReply(ctx.res, REPLY_INTERNAL);
+  reply(ctx, REPLY_INTERNAL);
 }

@@ -1,6 +1,7 @@
 import type { EffectiveMode } from '../authn/peer-authn.js';
 import type { RequestContext } from './context.js';
 import type { LocalReply } from './local-reply.js';
+import type { RequestObserver } from './observer.js';
 import type { Snapshot } from './snapshot.js';
 import type { Upstream } from './upstream.js';
 
@@ -27,6 +28,10 @@ export class ListenerPlan {
   readonly upstream: Upstream;
   /** The port Istio policies call this workload's (destination.port). */
   readonly workloadPort: number;
+  readonly listenerName: string;
+  /** Whether an authorization stage is in the plan (some AuthorizationPolicy applies). */
+  readonly authorized: boolean;
+  readonly observer: RequestObserver;
 
   constructor(
     snapshot: Snapshot,
@@ -35,9 +40,15 @@ export class ListenerPlan {
     stages: readonly Stage[],
     upstream: Upstream,
     workloadPort: number,
+    listenerName: string,
+    authorized: boolean,
+    observer: RequestObserver,
   ) {
     this.snapshot = snapshot;
     this.workloadPort = workloadPort;
+    this.listenerName = listenerName;
+    this.authorized = authorized;
+    this.observer = observer;
     this.mode = mode;
     this.modeSource = modeSource;
     this.stages = stages;

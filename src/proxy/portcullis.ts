@@ -2,12 +2,15 @@ import type { AddressInfo } from 'node:net';
 import pino, { type Logger } from 'pino';
 import { AdminServer, type AdminStatus } from '../admin/server.js';
 import { JwksRegistry, type JwksSource } from '../authn/jwks.js';
+import { Metrics } from '../admin/metrics.js';
+import { AuditLog } from '../audit/log.js';
 import { ExtAuthzClient } from '../authz/ext-authz.js';
 import { formatHostPort } from '../config/address.js';
 import type { Config, ListenerConfig } from '../config/load.js';
 import { FolderWatcher } from '../config/watch.js';
 import { ConfigError, errorMessage } from '../errors.js';
 import { InboundListener } from './listener.js';
+import { RequestObserver } from './observer.js';
 import { ListenerPlan, type Stage } from './plan.js';
 import { loadSnapshot, type Snapshot } from './snapshot.js';
 import { AuthzStage } from './stages/authz.js';
@@ -40,6 +43,9 @@ export class Portcullis implements AdminStatus {
   readonly jwks: JwksRegistry;
   /** External authorizers for CUSTOM policies, by provider name (from the config; fixed for the run). */
   readonly extAuthz: ReadonlyMap<string, ExtAuthzClient>;
+  readonly metrics: Metrics;
+  readonly audit: AuditLog | null;
+  private readonly observer: RequestObserver;
   private listening = false;
   private closing = false;
   private generation = 1;
@@ -51,6 +57,15 @@ export class Portcullis implements AdminStatus {
     this.snapshot = snapshot;
     this.log = log;
     this.extAuthz = new Map(config.extensionProviders.map((p) => [p.name, new ExtAuthzClient(p)]));
+    this.audit = config.audit === null ? null : new AuditLog(config.audit, log);
+    this.metrics = new Metrics({
+      listeners: () => this.listeners,
+      jwt: () => this.jwks.stats,
+      sinks: () => this.audit?.sinks ?? [],
+      certificateNotAfter: () => this.snapshot.credentials.notAfter,
+      reloads: () => ({ success: this.reloads, failure: this.reloadFailures }),
+    });
+    this.observer = new RequestObserver(this.metrics, this.audit);
     this.jwks = new JwksRegistry(
       {
         refreshIntervalMs: config.jwt.jwksRefreshInterval,
@@ -148,7 +163,17 @@ export class Portcullis implements AdminStatus {
     const stages: Stage[] = [requestLine];
     if (jwt !== null) stages.push(jwt);
     if (authz !== null) stages.push(authz);
-    return new ListenerPlan(snapshot, decision.mode, decision.source, stages, upstream, lc.workloadPort);
+    return new ListenerPlan(
+      snapshot,
+      decision.mode,
+      decision.source,
+      stages,
+      upstream,
+      lc.workloadPort,
+      lc.name,
+      authz !== null,
+      this.observer,
+    );
   }
 
   private watch(): void {
@@ -218,6 +243,7 @@ export class Portcullis implements AdminStatus {
       trustDomains: s.bundles.domains,
       reloads: this.reloads,
       reloadFailures: this.reloadFailures,
+      audit: this.audit?.sinks.map((k) => ({ sink: k.name, written: k.written, dropped: k.dropped, buffered: k.buffered, failures: k.failures })) ?? null,
       jwt: {
         ...this.jwks.stats,
         keySets: this.jwks.list().map((s) => ({
@@ -242,6 +268,10 @@ export class Portcullis implements AdminStatus {
     };
   }
 
+  async metricsText(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.metrics.contentType, body: await this.metrics.text() };
+  }
+
   /** The address a listener is bound to (useful with port 0). */
   listenerAddress(name: string): AddressInfo {
     const l = this.listeners.find((x) => x.name === name);
@@ -264,6 +294,9 @@ export class Portcullis implements AdminStatus {
     const drain = this.config.shutdown.drainTimeout;
     await Promise.all(this.listeners.map((l) => l.close(drain)));
     await Promise.all([...this.upstreams.values()].map((u) => u.close().catch(() => undefined)));
+    // Audit events of the drained requests go out before exit, within a time box (a sink that is
+    // down must not hold the shutdown forever).
+    await this.audit?.close(Math.max(1_000, Math.min(5_000, drain)));
     await this.admin?.close();
     this.jwks.close();
     await Promise.all([...this.extAuthz.values()].map((c) => c.close().catch(() => undefined)));

@@ -75,6 +75,7 @@ export class Upstream {
       body: hasBody(ctx) ? ctx.req : null,
       opaque: ctx,
     };
+    ctx.upstreamStart = performance.now();
     this.pool.stream(options, onUpstreamHeaders, onUpstreamDone);
   }
 
@@ -101,8 +102,9 @@ function onUpstreamHeaders(data: Dispatcher.StreamFactoryData<RequestContext>): 
 }
 
 function onUpstreamDone(err: Error | null, data: Dispatcher.StreamData<RequestContext>): void {
-  if (err === null) return;
   const ctx = data.opaque;
+  ctx.upstreamEnd = performance.now();
+  if (err === null) return;
   if (ctx.res.destroyed || ctx.req.destroyed) return; // the client went away; nothing to tell it
   const reply = replyForUpstreamError(err as Error & { code?: string });
   ctx.plan.upstream.logger.warn(
@@ -112,5 +114,6 @@ function onUpstreamDone(err: Error | null, data: Dispatcher.StreamData<RequestCo
     },
     'upstream request failed',
   );
+  ctx.localReason = reply.reason;
   sendLocalReply(ctx.res, reply);
 }

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { normalizePath, type PathNormalization } from '../../authz/normalize.js';
 import type { RequestContext } from '../context.js';
 import { REPLY_BAD_REQUEST } from '../local-reply.js';
@@ -20,6 +21,14 @@ export class RequestLineStage implements Stage {
 
   run(ctx: RequestContext): StageResult {
     const url = ctx.req.url ?? '';
+    const rid = ctx.headers['x-request-id'];
+    if (typeof rid === 'string' && isRequestId(rid)) {
+      ctx.requestId = rid;
+    } else {
+      // Envoy's behaviour: a request without a (usable) id gets one, and the upstream sees it.
+      ctx.requestId = randomUUID();
+      ctx.addHeader('x-request-id', ctx.requestId);
+    }
     const host = ctx.headers.host;
     ctx.host = host === undefined ? '' : host.toLowerCase();
     if (!isUpperToken(ctx.method)) return REPLY_BAD_REQUEST;
@@ -38,6 +47,17 @@ export class RequestLineStage implements Stage {
     ctx.forwardTarget = path === raw ? url : q === -1 ? path : path + url.slice(q);
     return null;
   }
+}
+
+/** 1–128 characters of [A-Za-z0-9._:-]: enough for UUIDs and trace ids, nothing that could forge a log line. */
+function isRequestId(id: string): boolean {
+  if (id.length === 0 || id.length > 128) return false;
+  for (let i = 0; i < id.length; i++) {
+    const c = id.charCodeAt(i);
+    const ok = (c >= 48 && c <= 58) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c === 45 || c === 46 || c === 95;
+    if (!ok) return false;
+  }
+  return true;
 }
 
 function isUpperToken(m: string): boolean {

@@ -67,7 +67,7 @@ describe('JWT stage results on the request context', () => {
     expect(ctx.claims).toMatchObject({ sub: 'bob', scope: 'read write' });
     expect(ctx.audiences).toEqual(['api', 'web']);
     expect(ctx.presenter).toBe('cli');
-    expect(ctx.dropHeaders).toEqual(['authorization']);
+    expect(ctx.dropHeaders).toContain('authorization');
 
     // The second time the stage answers synchronously from the cache (no promise).
     const again = context('/x', { authorization: `Bearer ${token}` });

@@ -1,0 +1,153 @@
+import type { Logger } from 'pino';
+import type { RequestContext } from '../proxy/context.js';
+import { FileSink, HttpSink, type Sink, StdoutSink } from './sinks.js';
+
+/**
+ * The audit event schema, version 1: one JSON object per decision, one per line (NDJSON).
+ * Field by field in README.md ("Audit events"). Never in an event: tokens, keys, header values
+ * other than the ones configured in `audit.headers` (which may not name credentials).
+ */
+export const AUDIT_SCHEMA_VERSION = 1;
+
+export type AuditDecisions = 'all' | 'deny' | 'audit';
+
+export type SinkConfig =
+  | { type: 'stdout' }
+  | { type: 'file'; path: string; maxBytes: number; keep: number }
+  | { type: 'http'; url: string; timeoutMs: number; gzip: boolean; batchSize: number; maxRetryDelayMs: number; headers: Record<string, string> };
+
+export interface AuditConfig {
+  readonly decisions: AuditDecisions;
+  /** Fraction of allowed requests recorded when decisions is `all` (1 = every one). */
+  readonly sampleAllows: number;
+  readonly includeQuery: boolean;
+  /** Lowercase names of request headers whose values are recorded. */
+  readonly headers: readonly string[];
+  /** Events each sink may hold before new ones are dropped. */
+  readonly bufferSize: number;
+  readonly sinks: readonly SinkConfig[];
+}
+
+/** Local-reply reasons that are refusals (the rest, such as an upstream failure, follow an allow). */
+const DENY_REASONS: ReadonlySet<string> = new Set([
+  'bad-request',
+  'jwt-invalid',
+  'jwt-audience',
+  'rbac-denied',
+  'ext-authz-denied',
+  'ext-authz-error',
+  'internal-error',
+  'shutting-down',
+]);
+
+function round(n: number, digits: number): number {
+  const f = 10 ** digits;
+  return Math.round(n * f) / f;
+}
+
+export function isDeny(ctx: RequestContext): boolean {
+  return ctx.localReason !== '' && DENY_REASONS.has(ctx.localReason);
+}
+
+/** The reason recorded: why it was refused, or on what grounds it was let through. */
+export function reasonOf(ctx: RequestContext, authorized: boolean): string {
+  if (ctx.localReason === 'rbac-denied') return ctx.reason === 'denied-by-policy' ? 'policy' : 'no-matching-allow';
+  if (ctx.localReason !== '') return ctx.localReason;
+  if (!authorized) return 'no-policies';
+  return ctx.reason === 'allowed-by-policy' ? 'policy' : ctx.reason;
+}
+
+export class AuditLog {
+  readonly config: AuditConfig;
+  readonly sinks: readonly Sink[];
+
+  constructor(config: AuditConfig, log: Logger) {
+    this.config = config;
+    this.sinks = config.sinks.map((s, i) => {
+      const name = `${s.type}-${i}`;
+      if (s.type === 'stdout') return new StdoutSink(name, config.bufferSize, 1000, 5_000, log);
+      if (s.type === 'file') return new FileSink(name, s.path, s.maxBytes, s.keep, config.bufferSize, log);
+      return new HttpSink(name, s, config.bufferSize, log);
+    });
+  }
+
+  /** Called once a response is finished (or the client went away). Appends; never waits. */
+  recordRequest(ctx: RequestContext, listener: string, authorized: boolean): void {
+    const deny = isDeny(ctx);
+    const c = this.config;
+    if (c.decisions === 'deny' && !deny) return;
+    if (c.decisions === 'audit' && ctx.auditPolicy === null) return;
+    if (c.decisions === 'all' && !deny && c.sampleAllows < 1 && Math.random() >= c.sampleAllows) return;
+    const now = performance.now();
+    let headers: Record<string, string> | undefined;
+    if (c.headers.length > 0) {
+      headers = {};
+      for (const h of c.headers) {
+        const v = ctx.headers[h];
+        if (v !== undefined) headers[h] = Array.isArray(v) ? v.join(', ') : v;
+      }
+    }
+    const event = {
+      version: AUDIT_SCHEMA_VERSION,
+      time: new Date(ctx.startedAt).toISOString(),
+      requestId: ctx.requestId,
+      listener,
+      decision: deny ? 'deny' : 'allow',
+      status: ctx.res.statusCode,
+      reason: reasonOf(ctx, authorized),
+      policy: ctx.policy?.id ?? null,
+      rule: ctx.policy === null ? null : ctx.ruleIndex,
+      audit: ctx.auditPolicy?.id ?? null,
+      dryRun: authorized
+        ? { deny: ctx.shadowDenyPolicy?.id ?? null, allowPoliciesAllow: ctx.shadowAllowed, allowPolicy: ctx.shadowAllowPolicy?.id ?? null }
+        : null,
+      source: { principal: ctx.peerPrincipal, address: ctx.sourceAddress, port: ctx.sourcePort },
+      remoteAddress: ctx.remoteAddress,
+      tls: ctx.tls,
+      request: {
+        method: ctx.method,
+        host: ctx.host,
+        path: ctx.path,
+        query: c.includeQuery && ctx.query !== '' ? ctx.query : undefined,
+        principal: ctx.requestPrincipal,
+        headers,
+      },
+      upstream: ctx.upstreamStart === 0 ? null : { status: ctx.upstreamStatus, durationMs: round((ctx.upstreamEnd || now) - ctx.upstreamStart, 3) },
+      authzMicros: round(ctx.authzMs * 1000, 1),
+      durationMs: round(now - ctx.startTime, 3),
+      completed: ctx.res.writableFinished,
+    };
+    this.offer(JSON.stringify(event));
+  }
+
+  /** A connection refused before any request (a peer that is not a trusted X.509-SVID). */
+  recordConnection(listener: string, reason: string, detail: string, address: string, port: number): void {
+    if (this.config.decisions === 'audit') return;
+    this.offer(
+      JSON.stringify({
+        version: AUDIT_SCHEMA_VERSION,
+        time: new Date().toISOString(),
+        requestId: null,
+        listener,
+        decision: 'deny',
+        status: null,
+        reason: 'peer-untrusted',
+        detail: `${reason}: ${detail}`,
+        source: { principal: '', address, port },
+        tls: true,
+      }),
+    );
+  }
+
+  private offer(line: string): void {
+    for (let i = 0; i < this.sinks.length; i++) (this.sinks[i] as Sink).offer(line);
+  }
+
+  flush(timeoutMs: number): Promise<unknown> {
+    return Promise.all(this.sinks.map((s) => s.flush(timeoutMs)));
+  }
+
+  close(timeoutMs: number): Promise<unknown> {
+    return Promise.all(this.sinks.map((s) => s.close(timeoutMs)));
+  }
+}

@@ -1,0 +1,35 @@
+import type { Metrics } from '../admin/metrics.js';
+import { type AuditLog, isDeny, reasonOf } from '../audit/log.js';
+import type { RequestContext } from './context.js';
+
+/**
+ * What happens when a response is done: the metrics count it and the audit log gets its event.
+ * Both only update memory (counters, a bounded buffer); no request waits on them.
+ */
+export class RequestObserver {
+  readonly metrics: Metrics;
+  readonly audit: AuditLog | null;
+
+  constructor(metrics: Metrics, audit: AuditLog | null) {
+    this.metrics = metrics;
+    this.audit = audit;
+  }
+
+  finished(ctx: RequestContext, listener: string, authorized: boolean): void {
+    const deny = isDeny(ctx);
+    const upstream = ctx.upstreamStart === 0 ? -1 : ((ctx.upstreamEnd || performance.now()) - ctx.upstreamStart) / 1000;
+    this.metrics.request(
+      listener,
+      deny ? 'deny' : 'allow',
+      reasonOf(ctx, authorized),
+      ctx.res.statusCode,
+      authorized ? ctx.authzMs * 1000 : 0,
+      upstream,
+    );
+    this.audit?.recordRequest(ctx, listener, authorized);
+  }
+
+  peerRefused(listener: string, reason: string, detail: string, address: string, port: number): void {
+    this.audit?.recordConnection(listener, reason, detail, address, port);
+  }
+}
