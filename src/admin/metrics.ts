@@ -11,7 +11,13 @@ export interface MetricsSources {
       peersVerified: number;
     };
   }[];
-  jwt(): { verifications: number; cacheHits: number; cacheMisses: number; jwksFetches: number; jwksFetchFailures: number };
+  jwt(): {
+    verifications: number;
+    cacheHits: number;
+    cacheMisses: number;
+    jwksFetches: number;
+    jwksFetchFailures: number;
+  };
   sinks(): readonly { name: string; written: number; dropped: number; buffered: number; failures: number }[];
   certificateNotAfter(): number;
   reloads(): { success: number; failure: number };
@@ -105,7 +111,11 @@ export class Metrics {
         }
       },
     });
-    const jwtCounter = (name: string, help: string, read: (j: ReturnType<MetricsSources['jwt']>) => number): void => {
+    const jwtCounter = (
+      name: string,
+      help: string,
+      read: (j: ReturnType<MetricsSources['jwt']>) => number,
+    ): void => {
       new Counter({
         name,
         help,
@@ -116,12 +126,33 @@ export class Metrics {
         },
       });
     };
-    jwtCounter('portcullis_jwt_verifications_total', 'JWT signature verifications performed.', (j) => j.verifications);
-    jwtCounter('portcullis_jwt_cache_hits_total', 'JWTs found in the verified-token cache.', (j) => j.cacheHits);
-    jwtCounter('portcullis_jwt_cache_misses_total', 'JWTs not in the verified-token cache.', (j) => j.cacheMisses);
+    jwtCounter(
+      'portcullis_jwt_verifications_total',
+      'JWT signature verifications performed.',
+      (j) => j.verifications,
+    );
+    jwtCounter(
+      'portcullis_jwt_cache_hits_total',
+      'JWTs found in the verified-token cache.',
+      (j) => j.cacheHits,
+    );
+    jwtCounter(
+      'portcullis_jwt_cache_misses_total',
+      'JWTs not in the verified-token cache.',
+      (j) => j.cacheMisses,
+    );
     jwtCounter('portcullis_jwks_fetches_total', 'Key set fetches.', (j) => j.jwksFetches);
-    jwtCounter('portcullis_jwks_fetch_failures_total', 'Key set fetches that failed.', (j) => j.jwksFetchFailures);
-    const sinkMetric = (kind: 'counter' | 'gauge', name: string, help: string, read: (s: ReturnType<MetricsSources['sinks']>[number]) => number): void => {
+    jwtCounter(
+      'portcullis_jwks_fetch_failures_total',
+      'Key set fetches that failed.',
+      (j) => j.jwksFetchFailures,
+    );
+    const sinkMetric = (
+      kind: 'counter' | 'gauge',
+      name: string,
+      help: string,
+      read: (s: ReturnType<MetricsSources['sinks']>[number]) => number,
+    ): void => {
       const collect = function (this: Counter<string> | Gauge<string>): void {
         this.reset();
         for (const s of sources.sinks()) {
@@ -132,10 +163,30 @@ export class Metrics {
       if (kind === 'counter') new Counter({ name, help, labelNames: ['sink'], registers, collect });
       else new Gauge({ name, help, labelNames: ['sink'], registers, collect });
     };
-    sinkMetric('counter', 'portcullis_audit_events_written_total', 'Audit events delivered, by sink.', (s) => s.written);
-    sinkMetric('counter', 'portcullis_audit_events_dropped_total', 'Audit events dropped because the sink buffer was full.', (s) => s.dropped);
-    sinkMetric('gauge', 'portcullis_audit_events_buffered', 'Audit events waiting in the sink buffer.', (s) => s.buffered);
-    sinkMetric('counter', 'portcullis_audit_delivery_failures_total', 'Failed delivery attempts, by sink.', (s) => s.failures);
+    sinkMetric(
+      'counter',
+      'portcullis_audit_events_written_total',
+      'Audit events delivered, by sink.',
+      (s) => s.written,
+    );
+    sinkMetric(
+      'counter',
+      'portcullis_audit_events_dropped_total',
+      'Audit events dropped because the sink buffer was full.',
+      (s) => s.dropped,
+    );
+    sinkMetric(
+      'gauge',
+      'portcullis_audit_events_buffered',
+      'Audit events waiting in the sink buffer.',
+      (s) => s.buffered,
+    );
+    sinkMetric(
+      'counter',
+      'portcullis_audit_delivery_failures_total',
+      'Failed delivery attempts, by sink.',
+      (s) => s.failures,
+    );
     new Gauge({
       name: 'portcullis_certificate_expiry_timestamp_seconds',
       help: "When the proxy's own X.509-SVID expires (Unix time).",
@@ -159,7 +210,14 @@ export class Metrics {
   }
 
   /** Counts a finished request; label children are made once per (listener, decision, reason, status). */
-  request(listener: string, decision: string, reason: string, status: number, authzMicros: number, upstreamSeconds: number): void {
+  request(
+    listener: string,
+    decision: string,
+    reason: string,
+    status: number,
+    authzMicros: number,
+    upstreamSeconds: number,
+  ): void {
     let byDecision = this.requestChildren.get(listener);
     if (byDecision === undefined) {
       byDecision = new Map();

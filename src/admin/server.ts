@@ -31,6 +31,13 @@ export class AdminServer {
         return status.ready ? reply(res, 200, 'ready\n') : reply(res, 503, 'not ready\n');
       if (path === '/status')
         return reply(res, 200, `${JSON.stringify(status.statusJson(), null, 2)}\n`, 'application/json');
+      if (path === '/metrics') {
+        status.metricsText().then(
+          (m) => reply(res, 200, m.body, m.contentType),
+          () => reply(res, 500, 'metrics unavailable\n'),
+        );
+        return;
+      }
       return reply(res, 404, 'not found\n');
     });
     this.server.keepAliveTimeout = 5_000;

@@ -14,7 +14,15 @@ export type AuditDecisions = 'all' | 'deny' | 'audit';
 export type SinkConfig =
   | { type: 'stdout' }
   | { type: 'file'; path: string; maxBytes: number; keep: number }
-  | { type: 'http'; url: string; timeoutMs: number; gzip: boolean; batchSize: number; maxRetryDelayMs: number; headers: Record<string, string> };
+  | {
+      type: 'http';
+      url: string;
+      timeoutMs: number;
+      gzip: boolean;
+      batchSize: number;
+      maxRetryDelayMs: number;
+      headers: Record<string, string>;
+    };
 
 export interface AuditConfig {
   readonly decisions: AuditDecisions;
@@ -51,7 +59,8 @@ export function isDeny(ctx: RequestContext): boolean {
 
 /** The reason recorded: why it was refused, or on what grounds it was let through. */
 export function reasonOf(ctx: RequestContext, authorized: boolean): string {
-  if (ctx.localReason === 'rbac-denied') return ctx.reason === 'denied-by-policy' ? 'policy' : 'no-matching-allow';
+  if (ctx.localReason === 'rbac-denied')
+    return ctx.reason === 'denied-by-policy' ? 'policy' : 'no-matching-allow';
   if (ctx.localReason !== '') return ctx.localReason;
   if (!authorized) return 'no-policies';
   return ctx.reason === 'allowed-by-policy' ? 'policy' : ctx.reason;
@@ -99,7 +108,11 @@ export class AuditLog {
       rule: ctx.policy === null ? null : ctx.ruleIndex,
       audit: ctx.auditPolicy?.id ?? null,
       dryRun: authorized
-        ? { deny: ctx.shadowDenyPolicy?.id ?? null, allowPoliciesAllow: ctx.shadowAllowed, allowPolicy: ctx.shadowAllowPolicy?.id ?? null }
+        ? {
+            deny: ctx.shadowDenyPolicy?.id ?? null,
+            allowPoliciesAllow: ctx.shadowAllowed,
+            allowPolicy: ctx.shadowAllowPolicy?.id ?? null,
+          }
         : null,
       source: { principal: ctx.peerPrincipal, address: ctx.sourceAddress, port: ctx.sourcePort },
       remoteAddress: ctx.remoteAddress,
@@ -112,7 +125,13 @@ export class AuditLog {
         principal: ctx.requestPrincipal,
         headers,
       },
-      upstream: ctx.upstreamStart === 0 ? null : { status: ctx.upstreamStatus, durationMs: round((ctx.upstreamEnd || now) - ctx.upstreamStart, 3) },
+      upstream:
+        ctx.upstreamStart === 0
+          ? null
+          : {
+              status: ctx.upstreamStatus,
+              durationMs: round((ctx.upstreamEnd || now) - ctx.upstreamStart, 3),
+            },
       authzMicros: round(ctx.authzMs * 1000, 1),
       durationMs: round(now - ctx.startTime, 3),
       completed: ctx.res.writableFinished,

@@ -72,8 +72,19 @@ export abstract class Sink implements SinkCounters {
         this.retryDelayMs = 0;
       } catch (err) {
         this.failures++;
-        this.retryDelayMs = Math.min(this.maxRetryDelayMs, this.retryDelayMs === 0 ? 100 : this.retryDelayMs * 2);
-        this.log.warn({ sink: this.name, err: (err as Error).message, buffered: this.queue.length, retryInMs: this.retryDelayMs }, 'audit sink delivery failed');
+        this.retryDelayMs = Math.min(
+          this.maxRetryDelayMs,
+          this.retryDelayMs === 0 ? 100 : this.retryDelayMs * 2,
+        );
+        this.log.warn(
+          {
+            sink: this.name,
+            err: (err as Error).message,
+            buffered: this.queue.length,
+            retryInMs: this.retryDelayMs,
+          },
+          'audit sink delivery failed',
+        );
         if (this.closing && Date.now() + this.retryDelayMs > this.deadline) break;
         await new Promise<void>((r) => setTimeout(r, this.retryDelayMs).unref());
       }
@@ -86,7 +97,10 @@ export abstract class Sink implements SinkCounters {
     const end = Date.now() + timeoutMs;
     while (this.queue.length > 0 && Date.now() < end) {
       if (this.pumping === null) this.pumping = this.pump();
-      await Promise.race([this.pumping, new Promise((r) => setTimeout(r, Math.max(1, end - Date.now())).unref())]);
+      await Promise.race([
+        this.pumping,
+        new Promise((r) => setTimeout(r, Math.max(1, end - Date.now())).unref()),
+      ]);
     }
   }
 
@@ -95,7 +109,10 @@ export abstract class Sink implements SinkCounters {
     this.deadline = Date.now() + timeoutMs;
     await this.flush(timeoutMs);
     if (this.queue.length > 0) {
-      this.log.error({ sink: this.name, lost: this.queue.length }, 'audit sink could not deliver everything before shutdown');
+      this.log.error(
+        { sink: this.name, lost: this.queue.length },
+        'audit sink could not deliver everything before shutdown',
+      );
     }
     await this.release();
   }
@@ -103,11 +120,24 @@ export abstract class Sink implements SinkCounters {
   protected async release(): Promise<void> {}
 }
 
+/** Errors on stdout (a closed pipe) must not crash the proxy: count them as failed deliveries. */
+let stdoutGuarded = false;
+function guardStdout(): void {
+  if (stdoutGuarded) return;
+  stdoutGuarded = true;
+  process.stdout.on('error', () => undefined);
+}
+
 export class StdoutSink extends Sink {
   protected deliver(batch: readonly string[]): Promise<void> {
-    return new Promise((resolve) => {
-      if (process.stdout.write(`${batch.join('\n')}\n`)) resolve();
-      else process.stdout.once('drain', () => resolve());
+    guardStdout();
+    return new Promise((resolve, reject) => {
+      if (process.stdout.destroyed || !process.stdout.writable) {
+        reject(new Error('stdout is closed'));
+        return;
+      }
+      // The write callback fires once the data is handed to the OS (or failed): backpressure and errors in one place.
+      process.stdout.write(`${batch.join('\n')}\n`, (err) => (err ? reject(err) : resolve()));
     });
   }
 }
@@ -171,7 +201,14 @@ export class HttpSink extends Sink {
 
   constructor(
     name: string,
-    opts: { url: string; timeoutMs: number; gzip: boolean; batchSize: number; maxRetryDelayMs: number; headers: Record<string, string> },
+    opts: {
+      url: string;
+      timeoutMs: number;
+      gzip: boolean;
+      batchSize: number;
+      maxRetryDelayMs: number;
+      headers: Record<string, string>;
+    },
     capacity: number,
     log: Logger,
   ) {
@@ -196,6 +233,7 @@ export class HttpSink extends Sink {
       signal: AbortSignal.timeout(this.timeoutMs),
     });
     await res.body.dump();
-    if (res.statusCode < 200 || res.statusCode >= 300) throw new Error(`collector answered HTTP ${res.statusCode}`);
+    if (res.statusCode < 200 || res.statusCode >= 300)
+      throw new Error(`collector answered HTTP ${res.statusCode}`);
   }
 }

@@ -186,6 +186,8 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       policies: [join(EXAMPLES_DIR, 'demo', 'policies'), 'policies/'],
       admin: { address: `127.0.0.1:${opts.adminPort}` },
       shutdown: { drainTimeout: '2s' },
+      // Every decision as one JSON line on stdout (in production: a file or a collector).
+      audit: { decisions: 'all', sinks: [{ type: 'stdout' }] },
     }),
   );
 
@@ -204,6 +206,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   }
   const port = proxy.listenerAddress('inbound').port;
   const adminPort = proxy.adminAddress()?.port ?? 0;
+  out('Each call below is preceded by its audit event (one JSON line per decision, on stdout).');
   out(
     `Proxy on https://localhost:${port} (mTLS ${proxy.listeners[0]?.plan.mode}), admin on http://127.0.0.1:${adminPort}, upstream echo on 127.0.0.1:${upstreamPort}\n`,
   );
@@ -251,8 +254,11 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   let behaved = true;
   for (const [i, [title, client, expected, path]] of steps.entries()) {
     const result = await call(port, client, path);
-    out(`${i === 0 ? '' : '\n'}${i + 1}. ${title}:`);
+    // This call's audit event goes out first, so that each event sits above the call it records.
+    await proxy.audit?.flush(1_000);
+    out(`${i + 1}. ${title}:`);
     out(indent(result.summary));
+    out('');
     if (i === 3) {
       const reasons = [...(proxy.listeners[0]?.stats.peersRejected.keys() ?? [])];
       if (reasons.length > 0) out(indent(`(the proxy's reason: ${reasons.join(', ')})`));

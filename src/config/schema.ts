@@ -62,7 +62,12 @@ const upstream = z.string().transform((v, ctx) => {
 const port = z.number().int().min(1).max(65535);
 
 /** Headers whose values are secrets: the audit log refuses to record them. */
-const CREDENTIAL_HEADERS: ReadonlySet<string> = new Set(['authorization', 'cookie', 'proxy-authorization', 'x-api-key']);
+const CREDENTIAL_HEADERS: ReadonlySet<string> = new Set([
+  'authorization',
+  'cookie',
+  'proxy-authorization',
+  'x-api-key',
+]);
 
 export const limitsSchema = z.strictObject({
   /** Largest request head (request line and headers) accepted, in bytes (Node's --max-http-header-size). */
@@ -147,7 +152,8 @@ export const configSchema = z.strictObject({
         .array(z.string().min(1))
         .default([])
         .refine((hs) => !hs.some((h) => CREDENTIAL_HEADERS.has(h.toLowerCase())), {
-          message: 'credential headers (authorization, cookie, proxy-authorization, x-api-key) are never recorded',
+          message:
+            'credential headers (authorization, cookie, proxy-authorization, x-api-key) are never recorded',
         }),
       bufferSize: z.number().int().min(1).max(1_000_000).default(10_000),
       sinks: z
@@ -157,7 +163,11 @@ export const configSchema = z.strictObject({
             z.strictObject({
               type: z.literal('file'),
               path: z.string().min(1),
-              maxSize: z.number().int().min(1024).default(100 * 1024 * 1024),
+              maxSize: z
+                .number()
+                .int()
+                .min(1024)
+                .default(100 * 1024 * 1024),
               keep: z.number().int().min(1).max(100).default(5),
             }),
             z.strictObject({

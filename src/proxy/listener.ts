@@ -208,7 +208,13 @@ export class InboundListener {
     } catch (err) {
       const reason = err instanceof PeerError ? err.reason : 'error';
       count(this.stats.peersRejected, reason);
-      this.plan.observer.peerRefused(this.name, reason, (err as Error).message, socket.remoteAddress ?? '', socket.remotePort ?? 0);
+      this.plan.observer.peerRefused(
+        this.name,
+        reason,
+        (err as Error).message,
+        socket.remoteAddress ?? '',
+        socket.remotePort ?? 0,
+      );
       this.log.warn(
         { listener: this.name, reason, remote: socket.remoteAddress, detail: (err as Error).message },
         'peer refused',
@@ -229,7 +235,13 @@ export class InboundListener {
   tlsFailed(err: Error & { code?: string }, socket: tls.TLSSocket | undefined): void {
     const code = err.code ?? 'unknown';
     count(this.stats.tlsFailures, code);
-    this.plan.observer.peerRefused(this.name, 'tls-handshake', code, socket?.remoteAddress ?? '', socket?.remotePort ?? 0);
+    this.plan.observer.peerRefused(
+      this.name,
+      'tls-handshake',
+      code,
+      socket?.remoteAddress ?? '',
+      socket?.remotePort ?? 0,
+    );
     this.log.debug({ listener: this.name, code, message: err.message }, 'TLS handshake failed');
   }
 

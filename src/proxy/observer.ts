@@ -17,7 +17,8 @@ export class RequestObserver {
 
   finished(ctx: RequestContext, listener: string, authorized: boolean): void {
     const deny = isDeny(ctx);
-    const upstream = ctx.upstreamStart === 0 ? -1 : ((ctx.upstreamEnd || performance.now()) - ctx.upstreamStart) / 1000;
+    const upstream =
+      ctx.upstreamStart === 0 ? -1 : ((ctx.upstreamEnd || performance.now()) - ctx.upstreamStart) / 1000;
     this.metrics.request(
       listener,
       deny ? 'deny' : 'allow',

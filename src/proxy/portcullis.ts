@@ -1,9 +1,9 @@
 import type { AddressInfo } from 'node:net';
 import pino, { type Logger } from 'pino';
-import { AdminServer, type AdminStatus } from '../admin/server.js';
-import { JwksRegistry, type JwksSource } from '../authn/jwks.js';
 import { Metrics } from '../admin/metrics.js';
+import { AdminServer, type AdminStatus } from '../admin/server.js';
 import { AuditLog } from '../audit/log.js';
+import { JwksRegistry, type JwksSource } from '../authn/jwks.js';
 import { ExtAuthzClient } from '../authz/ext-authz.js';
 import { formatHostPort } from '../config/address.js';
 import type { Config, ListenerConfig } from '../config/load.js';
@@ -243,7 +243,14 @@ export class Portcullis implements AdminStatus {
       trustDomains: s.bundles.domains,
       reloads: this.reloads,
       reloadFailures: this.reloadFailures,
-      audit: this.audit?.sinks.map((k) => ({ sink: k.name, written: k.written, dropped: k.dropped, buffered: k.buffered, failures: k.failures })) ?? null,
+      audit:
+        this.audit?.sinks.map((k) => ({
+          sink: k.name,
+          written: k.written,
+          dropped: k.dropped,
+          buffered: k.buffered,
+          failures: k.failures,
+        })) ?? null,
       jwt: {
         ...this.jwks.stats,
         keySets: this.jwks.list().map((s) => ({

@@ -12,3 +12,12 @@ listeners:
 policies: [policies/]
 admin: { address: 127.0.0.1:15000 }
 `;
+
+/** The audit block from the README and issue 5, exactly as written. */
+export const DOCUMENTED_AUDIT = `audit:
+  decisions: all            # all | deny | audit
+  sinks:
+    - { type: stdout }
+    - { type: file, path: audit.ndjson }
+    - { type: http, url: http://127.0.0.1:9000/ingest }
+`;

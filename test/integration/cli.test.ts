@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseBundle, TrustBundleSet } from '../../src/identity/bundle.js';
 import { verifyPeer } from '../../src/identity/verify-peer.js';
 import { request } from '../helpers/client.js';
-import { DOCUMENTED_CONFIG } from '../helpers/fixtures.js';
+import { DOCUMENTED_AUDIT, DOCUMENTED_CONFIG } from '../helpers/fixtures.js';
 import { TempDir } from '../helpers/pki.js';
 import { type EchoReply, EchoUpstream } from '../helpers/upstream.js';
 
@@ -241,6 +241,21 @@ describe('portcullis CLI', () => {
     expect(r.stdout).toContain('"x-jwt-sub": "alice"');
     expect(r.stdout).toContain('HTTP 401');
     expect(r.stdout).toContain('HTTP 403');
+    // The audit events go to stdout: one JSON line per decision, allowed and denied.
+    const events = r.stdout
+      .split('\n')
+      .filter((l) => l.startsWith('{"version":1'))
+      .map((l) => JSON.parse(l) as { decision: string; reason: string });
+    expect(events.length).toBe(7);
+    expect(events.map((e) => `${e.decision}:${e.reason}`)).toEqual([
+      'allow:policy',
+      'deny:no-matching-allow',
+      'deny:policy',
+      'deny:peer-untrusted',
+      'deny:peer-untrusted',
+      'allow:policy',
+      'deny:jwt-invalid',
+    ]);
     expect(r.stdout).toContain('unknown-trust-domain');
   });
 
@@ -250,9 +265,12 @@ describe('portcullis CLI', () => {
     }
     const upstream = new EchoUpstream();
     await new Promise<void>((r) => upstream.server.listen(8080, '127.0.0.1', r));
-    const child: ChildProcess = spawn(process.execPath, [BIN, 'run', '-c', 'portcullis.yaml'], {
-      cwd: dir.path,
-    });
+    // The documented config, plus the documented audit block as written (its collector on :9000 is
+    // absent here, so that sink only retries — which must not hold up requests or the exit).
+    dir.write('run.yaml', `${DOCUMENTED_CONFIG}${DOCUMENTED_AUDIT}`);
+    const child: ChildProcess = spawn(process.execPath, [BIN, 'run', '-c', 'run.yaml'], { cwd: dir.path });
+    let stdout = '';
+    child.stdout?.on('data', (d) => (stdout += d));
     let stderr = '';
     child.stderr?.on('data', (d) => (stderr += d));
     const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
@@ -284,6 +302,10 @@ describe('portcullis CLI', () => {
       child.kill('SIGTERM');
       expect(await exited).toBe(0);
       expect(stderr).toContain('"msg":"stopped"');
+      // SIGTERM flushed the audit events: the request above is in the file and on stdout.
+      const fileEvents = readFileSync(dir.file('audit.ndjson'), 'utf8').trim().split('\n');
+      expect(fileEvents.some((l) => l.includes('"path":"/via-cli"'))).toBe(true);
+      expect(stdout).toContain('"path":"/via-cli"');
       for (const line of stderr.trim().split('\n')) expect(() => JSON.parse(line)).not.toThrow();
     } finally {
       child.kill('SIGKILL');

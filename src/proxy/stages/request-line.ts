@@ -54,7 +54,13 @@ function isRequestId(id: string): boolean {
   if (id.length === 0 || id.length > 128) return false;
   for (let i = 0; i < id.length; i++) {
     const c = id.charCodeAt(i);
-    const ok = (c >= 48 && c <= 58) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c === 45 || c === 46 || c === 95;
+    const ok =
+      (c >= 48 && c <= 58) ||
+      (c >= 65 && c <= 90) ||
+      (c >= 97 && c <= 122) ||
+      c === 45 ||
+      c === 46 ||
+      c === 95;
     if (!ok) return false;
   }
   return true;

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { configFromObject, DEFAULT_LIMITS, loadConfigFile } from '../../../src/config/load.js';
 import { ConfigError } from '../../../src/errors.js';
-import { DOCUMENTED_CONFIG } from '../../helpers/fixtures.js';
+import { DOCUMENTED_AUDIT, DOCUMENTED_CONFIG } from '../../helpers/fixtures.js';
 import { TempDir } from '../../helpers/pki.js';
 
 function issuesOf(fn: () => unknown): string[] {
@@ -43,6 +43,36 @@ describe('portcullis.yaml loading', () => {
     expect(c.admin).toEqual({ address: { host: '127.0.0.1', port: 15000 } });
     expect(c.rootNamespace).toBe('istio-system');
     expect(c.workload.labels).toEqual({ app: 'api' });
+  });
+
+  it('takes the documented audit block as written', () => {
+    const file = dir.write('with-audit.yaml', `${DOCUMENTED_CONFIG}${DOCUMENTED_AUDIT}`);
+    const c = loadConfigFile(file);
+    expect(c.audit?.decisions).toBe('all');
+    expect(c.audit?.sinks).toEqual([
+      { type: 'stdout' },
+      { type: 'file', path: dir.file('audit.ndjson'), maxBytes: 100 * 1024 * 1024, keep: 5 },
+      {
+        type: 'http',
+        url: 'http://127.0.0.1:9000/ingest',
+        timeoutMs: 5000,
+        gzip: true,
+        batchSize: 500,
+        maxRetryDelayMs: 30000,
+        headers: {},
+      },
+    ]);
+  });
+
+  it('refuses to record credential headers in audit events', () => {
+    const issues = issuesOf(() =>
+      configFromObject(
+        { ...MINIMAL, audit: { headers: ['Authorization'], sinks: [{ type: 'stdout' }] } },
+        '/x',
+        '/x/p.yaml',
+      ),
+    );
+    expect(issues.some((i) => i.startsWith('audit.headers: credential headers'))).toBe(true);
   });
 
   it('applies listener limits over global limits over defaults', () => {
