@@ -26,6 +26,9 @@ export const XFCC = 'x-forwarded-client-cert';
 
 function connectionTokens(value: string | undefined): Set<string> | null {
   if (value === undefined || value === '') return null;
+  // The usual values name no other field: answer without splitting (this runs on every response).
+  const v = value.length <= 10 ? value.toLowerCase() : '';
+  if (v === 'keep-alive' || v === 'close') return null;
   const set = new Set<string>();
   for (const t of value.split(',')) {
     const tok = t.trim().toLowerCase();

@@ -234,6 +234,52 @@ describe('portcullis CLI', () => {
     expect((await cli(['check', ...cfg])).code).toBe(2);
   });
 
+  it('loadtest reports allowed and denied latency apart, and the authorization time from Server-Timing', async () => {
+    const { startHarness } = await import('../helpers/harness.js');
+    const h = await startHarness({
+      policies:
+        'apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: { name: a }\nspec: { rules: [{ to: [{ operation: { paths: ["/ok/*"] } }] }] }\n',
+      config: { serverTiming: true },
+    });
+    try {
+      const files = {
+        cert: h.dir.write('c.pem', h.client.cert),
+        key: h.dir.write('c.key', h.client.key),
+        ca: h.dir.write('ca.pem', h.client.ca),
+      };
+      const paths = h.dir.write('paths.txt', '# two allowed, one denied\n/ok/a\nGET /ok/b\n/nope\n');
+      const r = await cli([
+        'loadtest',
+        '--target',
+        `https://localhost:${h.port}/`,
+        '--cert',
+        files.cert,
+        '--key',
+        files.key,
+        '--ca',
+        files.ca,
+        '--paths',
+        paths,
+        '--rate',
+        '60',
+        '--duration',
+        '2',
+        '--connections',
+        '3',
+        '--no-progress',
+      ]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toContain('fixed rate 60 req/s');
+      const row = (name: string): number =>
+        Number(new RegExp(`\\| ${name.replace(/[()/]/g, '\\$&')} \\| (\\d+) \\|`).exec(r.stdout)?.[1] ?? -1);
+      expect(row('allowed (2xx/3xx)')).toBeGreaterThan(10);
+      expect(row('denied (401/403)')).toBeGreaterThan(5);
+      expect(r.stdout).toMatch(/authorization time \(Server-Timing\): p50 [\d.]+ µs/);
+    } finally {
+      await h.close();
+    }
+  });
+
   it('demo --once makes its calls and they behave', async () => {
     const r = await cli(['demo', '--once', '--port', '0', '--admin-port', '0']);
     expect(r.code, r.stdout + r.stderr).toBe(0);

@@ -138,33 +138,53 @@ export class JwtStage implements Stage {
     ) {
       return null;
     }
-    let found: Found[] | null = null;
+    // One token is the usual case: keep it in locals and allocate a list only for a second one.
+    let firstToken: string | null = null;
+    let firstLocation: TokenLocation | null = null;
+    let more: Found[] | null = null;
     for (const location of this.locations) {
       const token = extract(ctx, location);
       if (token === null) continue;
       if (token === INVALID) return REPLY_JWT_INVALID;
-      if (found === null) found = [];
-      else if (found.some((f) => f.token === token)) continue;
-      found.push({ token, location });
-    }
-    if (found === null) return null;
-
-    // Fast path: every token already verified.
-    const now = Date.now();
-    let allCached = true;
-    for (const f of found) {
-      const hit = this.cache.get(f.token, now);
-      if (hit === undefined || !f.location.rules.includes(hit.rule)) {
-        allCached = false;
-        break;
+      if (firstToken === null) {
+        firstToken = token;
+        firstLocation = location;
+      } else if (token !== firstToken && (more === null || !more.some((f) => f.token === token))) {
+        if (more === null) more = [];
+        more.push({ token, location });
       }
     }
-    if (allCached) {
-      this.stats.cacheHits += found.length;
-      const verified = found.map((f) => this.cache.get(f.token, now) as VerifiedToken);
-      return this.accept(ctx, found, verified);
+    if (firstToken === null || firstLocation === null) return null;
+    if (more === null) {
+      // Fast path: one token, already verified — a map lookup and a few field writes.
+      const hit = this.cache.get(firstToken, Date.now());
+      if (hit !== undefined && firstLocation.rules.includes(hit.rule)) {
+        this.stats.cacheHits++;
+        return this.acceptOne(ctx, firstLocation, hit);
+      }
+      return this.verifyAll(ctx, [{ token: firstToken, location: firstLocation }]);
     }
-    return this.verifyAll(ctx, found);
+    return this.verifyAll(ctx, [{ token: firstToken, location: firstLocation }, ...more]);
+  }
+
+  private acceptOne(ctx: RequestContext, location: TokenLocation, v: VerifiedToken): StageResult {
+    if (!v.audienceAllowed()) return REPLY_JWT_AUDIENCE;
+    ctx.requestPrincipal = v.principal;
+    ctx.claims = v.payload;
+    ctx.audiences = v.audiences;
+    ctx.presenter = v.presenter;
+    this.writeHeaders(ctx, location, v);
+    return null;
+  }
+
+  private writeHeaders(ctx: RequestContext, location: TokenLocation, v: VerifiedToken): void {
+    const rule = v.rule.rule;
+    if (!rule.forwardOriginalToken) removeToken(ctx, location);
+    if (rule.outputPayloadToHeader !== null) ctx.addHeader(rule.outputPayloadToHeader, v.payloadSegment);
+    for (const out of rule.outputClaimToHeaders) {
+      const value = claimValue(v.payload, out.claim);
+      if (value !== null) ctx.addHeader(out.header, value);
+    }
   }
 
   private async verifyAll(ctx: RequestContext, found: Found[]): Promise<StageResult> {
@@ -206,17 +226,8 @@ export class JwtStage implements Stage {
     ctx.claims = first.payload;
     ctx.audiences = first.audiences;
     ctx.presenter = first.presenter;
-    for (let i = 0; i < found.length; i++) {
-      const f = found[i] as Found;
-      const v = verified[i] as VerifiedToken;
-      const rule = v.rule.rule;
-      if (!rule.forwardOriginalToken) removeToken(ctx, f.location);
-      if (rule.outputPayloadToHeader !== null) ctx.addHeader(rule.outputPayloadToHeader, v.payloadSegment);
-      for (const out of rule.outputClaimToHeaders) {
-        const value = claimValue(v.payload, out.claim);
-        if (value !== null) ctx.addHeader(out.header, value);
-      }
-    }
+    for (let i = 0; i < found.length; i++)
+      this.writeHeaders(ctx, (found[i] as Found).location, verified[i] as VerifiedToken);
     return null;
   }
 }

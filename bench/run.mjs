@@ -1,0 +1,392 @@
+// npm run bench [-- --quick] — load-tests Portcullis against the upstream alone, a hand-written
+// Node PEP doing the same checks, and HAProxy when it is installed. Every target answers the same
+// requests with the same certificates and tokens; each is checked to allow what must be allowed
+// and deny what must be denied before it is timed. Runs are interleaved (round-robin) so that
+// machine drift hits all targets alike. Writes bench/results/<time>.json, latest.json, latest.svg.
+import { spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import { cpus, tmpdir, totalmem } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import autocannon from 'autocannon';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
+import { stringify } from 'yaml';
+import { createCa, issueSvid } from '../dist/index.js';
+import { haproxyTarget } from './haproxy.mjs';
+import { policiesYaml } from './policies.mjs';
+import { writeSvg } from './svg.mjs';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const { values: args } = parseArgs({
+  options: {
+    quick: { type: 'boolean' },
+    duration: { type: 'string' },
+    connections: { type: 'string' },
+    rounds: { type: 'string' },
+    only: { type: 'string' },
+  },
+});
+const QUICK = args.quick === true;
+const DURATION = Number(args.duration ?? (QUICK ? 3 : 10));
+const ROUNDS = Number(args.rounds ?? (QUICK ? 1 : 3));
+const CONNECTIONS = Number(args.connections ?? 32);
+const ISSUER = 'https://issuer.bench.portcullis';
+const log = (s) => process.stderr.write(`${s}\n`);
+
+// ---------- material: PKI, keys, tokens, policies ----------
+const dir = mkdtempSync(join(tmpdir(), 'portcullis-bench-'));
+const children = [];
+process.on('exit', () => {
+  for (const c of children) c.kill('SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+});
+process.on('SIGINT', () => process.exit(130));
+
+log(
+  `Portcullis benchmark (${QUICK ? 'quick' : 'full'}: ${ROUNDS} round(s) × ${DURATION}s per target, ${CONNECTIONS} connections)`,
+);
+const ca = await createCa('example.org');
+const server = await issueSvid(ca, 'spiffe://example.org/ns/default/sa/api', { dnsNames: ['localhost'] });
+const web = await issueSvid(ca, 'spiffe://example.org/ns/default/sa/web');
+const db = await issueSvid(ca, 'spiffe://example.org/ns/default/sa/db');
+const files = {};
+for (const [name, text] of Object.entries({
+  'ca.pem': ca.certPem,
+  'api.pem': server.certPem,
+  'api.key': server.keyPem,
+  'web.pem': web.certPem,
+  'web.key': web.keyPem,
+})) {
+  files[name] = join(dir, name);
+  writeFileSync(files[name], text);
+}
+
+const rs = await generateKeyPair('RS256');
+const es = await generateKeyPair('ES256');
+const jwks = {
+  keys: [
+    { ...(await exportJWK(rs.publicKey)), kid: 'rs', alg: 'RS256', use: 'sig' },
+    { ...(await exportJWK(es.publicKey)), kid: 'es', alg: 'ES256', use: 'sig' },
+  ],
+};
+const sign = (k, kid, alg) =>
+  new SignJWT({ sub: 'alice', aud: 'api', groups: ['readers'], scope: 'read' })
+    .setProtectedHeader({ alg, kid })
+    .setIssuer(ISSUER)
+    .setIssuedAt()
+    .setExpirationTime('2h')
+    .sign(k.privateKey);
+const tokens = { rs: await sign(rs, 'rs', 'RS256'), es: await sign(es, 'es', 'ES256') };
+
+const jwksServer = http.createServer((_req, res) => {
+  res.writeHead(200, { 'content-type': 'application/json' });
+  res.end(JSON.stringify(jwks));
+});
+await new Promise((r) => jwksServer.listen(0, '127.0.0.1', r));
+jwksServer.unref();
+const jwksUri = `http://127.0.0.1:${jwksServer.address().port}/jwks.json`;
+mkdirSync(join(dir, 'policies'));
+writeFileSync(join(dir, 'policies', 'bench.yaml'), policiesYaml(ISSUER, jwksUri));
+
+// ---------- processes ----------
+function startProcess(name, script, argv) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [join(HERE, script), ...argv], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    children.push(child);
+    let out = '';
+    child.stdout.on('data', (d) => {
+      out += d;
+      const m = /ready (\d+)/.exec(out);
+      if (m) resolve(Number(m[1]));
+    });
+    child.on('exit', (code) => reject(new Error(`${name} exited with ${code}`)));
+  });
+}
+
+const upstreamPort = await startProcess('upstream', 'upstream.mjs', []);
+const upstream = `http://127.0.0.1:${upstreamPort}`;
+
+function portcullisConfig(name, extra) {
+  const file = join(dir, `${name}.yaml`);
+  writeFileSync(
+    file,
+    stringify({
+      trustDomain: 'example.org',
+      workload: { namespace: 'default', serviceAccount: 'api', labels: { app: 'api' } },
+      identity: {
+        cert: files['api.pem'],
+        key: files['api.key'],
+        bundles: { 'example.org': files['ca.pem'] },
+      },
+      listeners: [{ name: 'inbound', address: '127.0.0.1:0', upstream }],
+      watch: false,
+      log: { level: 'error' },
+      ...extra,
+    }),
+  );
+  return file;
+}
+
+const full = {
+  policies: [join(dir, 'policies')],
+  audit: { sinks: [{ type: 'file', path: join(dir, 'audit.ndjson') }] },
+};
+const portcullis = {
+  mtls: await startProcess('portcullis-mtls', 'portcullis-target.mjs', [portcullisConfig('mtls', {})]),
+  full: await startProcess('portcullis-full', 'portcullis-target.mjs', [portcullisConfig('full', full)]),
+  noaudit: await startProcess('portcullis-noaudit', 'portcullis-target.mjs', [
+    portcullisConfig('noaudit', { policies: full.policies }),
+  ]),
+  nocache: await startProcess('portcullis-nocache', 'portcullis-target.mjs', [
+    portcullisConfig('nocache', { ...full, jwt: { cacheSize: 0 }, audit: undefined }),
+  ]),
+};
+writeFileSync(
+  join(dir, 'baseline.json'),
+  JSON.stringify({
+    cert: files['api.pem'],
+    key: files['api.key'],
+    ca: files['ca.pem'],
+    upstream,
+    jwks,
+    issuer: ISSUER,
+    audience: 'api',
+    allowedPeers: ['spiffe://example.org/ns/default/sa/web'],
+  }),
+);
+const baselinePort = await startProcess('baseline', 'baseline.mjs', [join(dir, 'baseline.json')]);
+
+const PATH = '/api/v1/items/42';
+const tlsClient = { cert: web.certPem, key: web.keyPem, ca: ca.certPem };
+const targets = [
+  { name: 'upstream alone', url: `${upstream}${PATH}`, tls: false, token: null, enforces: false },
+  { name: 'portcullis mTLS only', port: portcullis.mtls, token: null, enforces: false },
+  {
+    name: 'portcullis everything (RS256, audit)',
+    port: portcullis.full,
+    token: tokens.rs,
+    enforces: true,
+    key: 'full',
+  },
+  { name: 'portcullis everything (ES256, audit)', port: portcullis.full, token: tokens.es, enforces: true },
+  {
+    name: 'portcullis everything, audit off',
+    port: portcullis.noaudit,
+    token: tokens.rs,
+    enforces: true,
+    key: 'noaudit',
+  },
+  {
+    name: 'portcullis everything, no token cache',
+    port: portcullis.nocache,
+    token: tokens.rs,
+    enforces: true,
+  },
+  {
+    name: 'hand-written Node PEP (baseline)',
+    port: baselinePort,
+    token: tokens.rs,
+    enforces: true,
+    key: 'baseline',
+  },
+];
+const hap = await haproxyTarget({
+  dir,
+  files,
+  upstreamPort,
+  jwks,
+  issuer: ISSUER,
+  log,
+  spawnChild: (c) => children.push(c),
+});
+if (hap.target !== null) targets.push({ ...hap.target, token: tokens.rs });
+for (const t of targets) if (t.url === undefined) t.url = `https://localhost:${t.port}${PATH}`;
+const selected =
+  args.only === undefined
+    ? targets
+    : targets.filter((t) => t.name.includes(args.only) || t.name === 'upstream alone');
+
+// ---------- enforcement check ----------
+function once(url, opts) {
+  return new Promise((resolve) => {
+    const u = new URL(url);
+    const mod = u.protocol === 'https:' ? https : http;
+    const req = mod.request(
+      {
+        hostname: u.hostname,
+        port: u.port,
+        path: u.pathname,
+        method: opts.method ?? 'GET',
+        headers: opts.headers,
+        agent: false,
+        servername: 'localhost',
+        ...(u.protocol === 'https:' ? opts.tls : {}),
+      },
+      (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode));
+      },
+    );
+    req.on('error', () => resolve(0));
+    req.end();
+  });
+}
+
+async function enforces(t) {
+  const bearer = { authorization: `Bearer ${t.token}` };
+  const ok = await once(t.url, { tls: tlsClient, headers: bearer });
+  if (ok !== 200) return `the allowed request got ${ok}`;
+  const checks = [
+    [
+      'no client certificate',
+      once(t.url, { tls: { ca: ca.certPem }, headers: bearer }),
+      (s) => s === 0 || s === 403,
+    ],
+    [
+      'another workload (sa/db)',
+      once(t.url, { tls: { cert: db.certPem, key: db.keyPem, ca: ca.certPem }, headers: bearer }),
+      (s) => s === 0 || s === 403,
+    ],
+    ['no token', once(t.url, { tls: tlsClient, headers: {} }), (s) => s === 401 || s === 403],
+    [
+      'a bad token',
+      once(t.url, { tls: tlsClient, headers: { authorization: `Bearer ${t.token.slice(0, -4)}AAAA` } }),
+      (s) => s === 401,
+    ],
+    [
+      'a forbidden path',
+      once(t.url.replace(PATH, '/admin/users'), { tls: tlsClient, headers: bearer }),
+      (s) => s === 403,
+    ],
+    [
+      'a forbidden method',
+      once(t.url, { tls: tlsClient, headers: bearer, method: 'DELETE' }),
+      (s) => s === 403,
+    ],
+  ];
+  for (const [what, p, good] of checks) {
+    const s = await p;
+    if (!good(s)) return `${what} got ${s}`;
+  }
+  return null;
+}
+
+for (const t of selected) {
+  if (!t.enforces) continue;
+  const problem = await enforces(t);
+  if (problem !== null) {
+    log(`  ${t.name}: NOT ENFORCING (${problem}) — left out of the comparison`);
+    t.excluded = problem;
+  }
+}
+const timed = selected.filter((t) => t.excluded === undefined);
+
+// ---------- load ----------
+function cannon(t, duration, extra = {}) {
+  return autocannon({
+    url: t.url,
+    connections: CONNECTIONS,
+    duration,
+    headers: t.token ? { authorization: `Bearer ${t.token}` } : {},
+    tlsOptions: t.url.startsWith('https') ? { ...tlsClient, servername: 'localhost' } : undefined,
+    ...extra,
+  });
+}
+
+for (const t of timed) {
+  t.runs = [];
+  await cannon(t, 1); // warm-up: JIT, connections, caches
+}
+for (let round = 1; round <= ROUNDS; round++) {
+  for (const t of timed) {
+    const r = await cannon(t, DURATION);
+    t.runs.push(r);
+    log(
+      `  round ${round}/${ROUNDS}  ${t.name.padEnd(42)} ${Math.round(r.requests.average).toString().padStart(7)} req/s  p99 ${r.latency.p99} ms  errors ${r.errors}  non-2xx ${r.non2xx}`,
+    );
+  }
+}
+
+// Latency at a fixed rate (coordinated omission: a closed-loop test at full load measures the
+// queue, not the proxy; a fixed arrival rate shows what a request costs at a realistic load).
+const RATE = 1000;
+const fixed = {};
+for (const name of ['upstream alone', 'portcullis everything (RS256, audit)']) {
+  const t = timed.find((x) => x.name === name);
+  if (t === undefined) continue;
+  const r = await cannon(t, QUICK ? 3 : 10, { overallRate: RATE, connections: 10 });
+  fixed[name] = { rate: RATE, p50: r.latency.p50, p90: r.latency.p90, p99: r.latency.p99, errors: r.errors };
+  log(`  fixed ${RATE} req/s  ${name.padEnd(42)} p50 ${r.latency.p50} ms  p99 ${r.latency.p99} ms`);
+}
+
+// ---------- report ----------
+const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+const rows = timed.map((t) => ({
+  target: t.name,
+  reqPerSec: Math.round(mean(t.runs.map((r) => r.requests.average))),
+  p50: mean(t.runs.map((r) => r.latency.p50)),
+  p90: mean(t.runs.map((r) => r.latency.p90)),
+  p99: mean(t.runs.map((r) => r.latency.p99)),
+  errors: t.runs.reduce((a, r) => a + r.errors, 0),
+  non2xx: t.runs.reduce((a, r) => a + r.non2xx, 0),
+  key: t.key,
+}));
+const by = (k) => rows.find((r) => r.key === k);
+const ratio = (a, b) => (a && b ? Math.round((a.reqPerSec / b.reqPerSec) * 100) / 100 : null);
+const ratios = {
+  everythingVsBaseline: ratio(by('full'), by('baseline')),
+  everythingVsHaproxy: ratio(by('full'), by('haproxy')),
+  everythingVsMtlsOnly: ratio(
+    by('full'),
+    rows.find((r) => r.target === 'portcullis mTLS only'),
+  ),
+  auditOnVsOff: ratio(by('full'), by('noaudit')),
+};
+
+const table = [
+  `| target | req/s | p50 ms | p90 ms | p99 ms | errors | non-2xx |`,
+  `|---|---:|---:|---:|---:|---:|---:|`,
+  ...rows.map(
+    (r) =>
+      `| ${r.target} | ${r.reqPerSec} | ${r.p50.toFixed(2)} | ${r.p90.toFixed(2)} | ${r.p99.toFixed(2)} | ${r.errors} | ${r.non2xx} |`,
+  ),
+].join('\n');
+const cpu = cpus()[0]?.model ?? 'unknown CPU';
+const machine = `${cpus().length} × ${cpu}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`;
+console.log(`\n${table}\n`);
+console.log(`machine: ${machine}`);
+console.log(`everything-on / hand-written baseline: ${ratios.everythingVsBaseline ?? 'n/a'}×`);
+console.log(`everything-on / HAProxy: ${ratios.everythingVsHaproxy ?? `n/a (${hap.note})`}`);
+console.log(`everything-on / mTLS only: ${ratios.everythingVsMtlsOnly ?? 'n/a'}×`);
+console.log(`audit on / audit off: ${ratios.auditOnVsOff ?? 'n/a'}×`);
+for (const [name, f] of Object.entries(fixed))
+  console.log(`at ${f.rate} req/s, ${name}: p50 ${f.p50} ms, p99 ${f.p99} ms`);
+for (const t of selected.filter((x) => x.excluded)) console.log(`not compared: ${t.name} (${t.excluded})`);
+
+const report = {
+  time: new Date().toISOString(),
+  mode: QUICK ? 'quick' : 'full',
+  machine,
+  durationSeconds: DURATION,
+  rounds: ROUNDS,
+  connections: CONNECTIONS,
+  rows,
+  ratios,
+  fixedRate: fixed,
+  haproxy: hap.note,
+  excluded: selected.filter((x) => x.excluded).map((x) => ({ target: x.name, why: x.excluded })),
+};
+const resultsDir = join(HERE, 'results');
+mkdirSync(resultsDir, { recursive: true });
+const stamp = report.time.replace(/[:.]/g, '-');
+writeFileSync(join(resultsDir, `${stamp}.json`), `${JSON.stringify(report, null, 2)}\n`);
+writeFileSync(join(resultsDir, 'latest.json'), `${JSON.stringify(report, null, 2)}\n`);
+writeSvg(join(resultsDir, 'latest.svg'), report);
+writeFileSync(join(resultsDir, 'latest.md'), `${table}\n\nmachine: ${machine}\n`);
+log(`\nwrote bench/results/${stamp}.json, latest.json, latest.svg, latest.md`);
+process.exit(0);
