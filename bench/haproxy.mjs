@@ -74,7 +74,9 @@ backend svc
     log(`  skipping HAProxy: ${note}`);
     return { target: null, note };
   }
-  const child = spawn('haproxy', ['-db', '-f', join(dir, 'haproxy.cfg')], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const child = spawn('haproxy', ['-db', '-f', join(dir, 'haproxy.cfg')], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
   spawnChild(child);
   await new Promise((r) => setTimeout(r, 500));
   return {
