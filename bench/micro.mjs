@@ -32,7 +32,9 @@ new PerformanceObserver((l) => {
 }).observe({ entryTypes: ['gc'] });
 
 /** Runs fn `batch` times per sample; returns median ns/op and bytes/op. */
-async function measure(name, fn, { batch = 10_000, samples = 100 } = {}) {
+const QUICK = process.argv.includes('--quick');
+
+async function measure(name, fn, { batch = 10_000, samples = QUICK ? 30 : 100 } = {}) {
   for (let i = 0; i < batch * 5; i++) fn(i); // warm-up (JIT)
   // Allocation first, in a loop that does nothing else (no timer reads, no arrays).
   const n = batch * samples;

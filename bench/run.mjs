@@ -3,7 +3,7 @@
 // requests with the same certificates and tokens; each is checked to allow what must be allowed
 // and deny what must be denied before it is timed. Runs are interleaved (round-robin) so that
 // machine drift hits all targets alike. Writes bench/results/<time>.json, latest.json, latest.svg.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -389,4 +389,16 @@ writeFileSync(join(resultsDir, 'latest.json'), `${JSON.stringify(report, null, 2
 writeSvg(join(resultsDir, 'latest.svg'), report);
 writeFileSync(join(resultsDir, 'latest.md'), `${table}\n\nmachine: ${machine}\n`);
 log(`\nwrote bench/results/${stamp}.json, latest.json, latest.svg, latest.md`);
+
+// The hot-path micro-benchmarks, in a process of their own (they need --expose-gc and a large
+// young generation to measure allocation).
+for (const c of children) c.kill('SIGTERM');
+log('\nmicro-benchmarks:');
+spawnSync(
+  process.execPath,
+  ['--expose-gc', '--max-semi-space-size=128', join(HERE, 'micro.mjs'), ...(QUICK ? ['--quick'] : [])],
+  {
+    stdio: 'inherit',
+  },
+);
 process.exit(0);
