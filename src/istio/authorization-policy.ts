@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import type { ResourceMeta } from './load.js';
 import { parseSelector } from './peer-authentication.js';
+import { isMap, Problems, type Report, specMap, unknownKeys } from './validate.js';
 
 /**
  * Istio AuthorizationPolicy (security.istio.io/v1 and v1beta1), validated into plain data that
@@ -57,8 +58,6 @@ export interface AuthorizationPolicy {
   readonly dryRun: boolean;
 }
 
-type Report = (field: string, message: string) => void;
-
 const SOURCE_FIELDS = [
   'principals',
   'notPrincipals',
@@ -104,10 +103,6 @@ const STATIC_KEYS: ReadonlySet<string> = new Set([
 const IP_KEYS: ReadonlySet<string> = new Set(['source.ip', 'remote.ip', 'destination.ip']);
 const HEADER_KEY = /^request\.headers\[([!#$%&'*+\-.^_`|~0-9A-Za-z]+)\]$/;
 const CLAIM_KEY = /^request\.auth\.claims(\[[^[\]]+\])+$/;
-
-function isMap(v: unknown): v is Record<string, unknown> {
-  return v !== null && typeof v === 'object' && !Array.isArray(v);
-}
 
 /** Checks one Istio string-match value: exact, `prefix*`, `*suffix` or `*`, but no `*` inside. */
 function checkWildcard(v: string, field: string, report: Report): void {
@@ -322,26 +317,11 @@ export function parseAuthorizationPolicy(
   spec: unknown,
   report: Report,
 ): AuthorizationPolicy | null {
-  let ok = true;
-  const fail: Report = (f, m) => {
-    ok = false;
-    report(f, m);
-  };
-  const s = spec === undefined || spec === null ? {} : spec;
-  if (!isMap(s)) {
-    fail('spec', 'must be a mapping');
-    return null;
-  }
-  for (const k of Object.keys(s)) {
-    if (!['selector', 'action', 'provider', 'rules'].includes(k)) {
-      fail(
-        `spec.${k}`,
-        k === 'targetRef' || k === 'targetRefs'
-          ? 'targetRef (Gateway API) is not supported; use selector'
-          : 'unknown field',
-      );
-    }
-  }
+  const problems = new Problems(report);
+  const fail = problems.report;
+  const s = specMap(spec, fail);
+  if (s === null) return null;
+  unknownKeys(s, ['selector', 'action', 'provider', 'rules'], 'spec', fail);
   const selector = parseSelector(s.selector, fail);
   const action = s.action === undefined ? 'ALLOW' : s.action;
   if (typeof action !== 'string' || !ACTIONS.has(action))
@@ -375,7 +355,7 @@ export function parseAuthorizationPolicy(
   if (dryRunRaw !== undefined && dryRunRaw !== 'true' && dryRunRaw !== 'false') {
     fail('metadata.annotations.istio.io/dry-run', 'must be "true" or "false"');
   }
-  if (!ok || selector === undefined) return null;
+  if (!problems.ok || selector === undefined) return null;
   return {
     meta,
     selector,

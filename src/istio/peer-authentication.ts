@@ -1,4 +1,5 @@
 import type { ResourceMeta } from './load.js';
+import { isMap, Problems, type Report, specMap, unknownKeys } from './validate.js';
 
 /**
  * Istio PeerAuthentication (security.istio.io/v1): which mutual-TLS mode a workload's ports
@@ -13,21 +14,6 @@ export interface PeerAuthentication {
   readonly selector: Readonly<Record<string, string>> | null;
   readonly mode: MtlsMode;
   readonly portLevel: ReadonlyMap<number, MtlsMode>;
-}
-
-type Report = (field: string, message: string) => void;
-
-function isMap(v: unknown): v is Record<string, unknown> {
-  return v !== null && typeof v === 'object' && !Array.isArray(v);
-}
-
-function unknownKeys(
-  obj: Record<string, unknown>,
-  allowed: readonly string[],
-  at: string,
-  report: Report,
-): void {
-  for (const k of Object.keys(obj)) if (!allowed.includes(k)) report(at ? `${at}.${k}` : k, 'unknown field');
 }
 
 function parseMode(raw: unknown, field: string, report: Report): MtlsMode | null {
@@ -80,16 +66,10 @@ export function parsePeerAuthentication(
   spec: unknown,
   report: Report,
 ): PeerAuthentication | null {
-  let ok = true;
-  const fail: Report = (f, m) => {
-    ok = false;
-    report(f, m);
-  };
-  const s = spec === undefined || spec === null ? {} : spec;
-  if (!isMap(s)) {
-    fail('spec', 'must be a mapping');
-    return null;
-  }
+  const problems = new Problems(report);
+  const fail = problems.report;
+  const s = specMap(spec, fail);
+  if (s === null) return null;
   unknownKeys(s, ['selector', 'mtls', 'portLevelMtls'], 'spec', fail);
   const selector = parseSelector(s.selector, fail);
   const mode = s.mtls === undefined || s.mtls === null ? 'UNSET' : parseMode(s.mtls, 'spec.mtls', fail);
@@ -115,6 +95,6 @@ export function parsePeerAuthentication(
       }
     }
   }
-  if (!ok || selector === undefined || mode === null) return null;
+  if (!problems.ok || selector === undefined || mode === null) return null;
   return { meta, selector, mode, portLevel };
 }

@@ -2,6 +2,7 @@ import { createPublicKey, type JsonWebKey } from 'node:crypto';
 import { parseDuration } from '../config/duration.js';
 import type { ResourceMeta } from './load.js';
 import { parseSelector } from './peer-authentication.js';
+import { isMap, Problems, type Report, specMap, unknownKeys } from './validate.js';
 
 /**
  * Istio RequestAuthentication (security.istio.io/v1): which JWTs a workload accepts.
@@ -47,8 +48,6 @@ export interface RequestAuthentication {
   readonly rules: readonly JwtRule[];
 }
 
-type Report = (field: string, message: string) => void;
-
 const RULE_FIELDS = [
   'issuer',
   'audiences',
@@ -67,10 +66,6 @@ const RULE_FIELDS = [
 /** RFC 9110 token characters, which is what a header name may use. */
 const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 export const DEFAULT_JWKS_TIMEOUT_MS = 5_000;
-
-function isMap(v: unknown): v is Record<string, unknown> {
-  return v !== null && typeof v === 'object' && !Array.isArray(v);
-}
 
 function strings(v: unknown, field: string, report: Report): string[] {
   if (v === undefined || v === null) return [];
@@ -125,12 +120,9 @@ function parseRule(raw: unknown, at: string, source: string, report: Report): Jw
     report(at, 'must be a mapping');
     return null;
   }
-  let ok = true;
-  const fail: Report = (f, m) => {
-    ok = false;
-    report(f, m);
-  };
-  for (const k of Object.keys(raw)) if (!RULE_FIELDS.includes(k)) fail(`${at}.${k}`, 'unknown field');
+  const problems = new Problems(report);
+  const fail = problems.report;
+  unknownKeys(raw, RULE_FIELDS, at, fail);
   if (typeof raw.issuer !== 'string' || raw.issuer === '') fail(`${at}.issuer`, 'is required');
   const audiences = strings(raw.audiences, `${at}.audiences`, fail);
   const uriRaw = raw.jwksUri ?? raw.jwks_uri;
@@ -206,7 +198,7 @@ function parseRule(raw: unknown, at: string, source: string, report: Report): Jw
     if (ms === null || ms <= 0) fail(`${at}.timeout`, 'must be a duration such as "5s"');
     else timeoutMs = ms;
   }
-  if (!ok) return null;
+  if (!problems.ok) return null;
   return {
     issuer: raw.issuer as string,
     audiences,
@@ -230,24 +222,11 @@ export function parseRequestAuthentication(
   spec: unknown,
   report: Report,
 ): RequestAuthentication | null {
-  const s = spec === undefined || spec === null ? {} : spec;
-  if (!isMap(s)) {
-    report('spec', 'must be a mapping');
-    return null;
-  }
-  let ok = true;
-  const fail: Report = (f, m) => {
-    ok = false;
-    report(f, m);
-  };
-  for (const k of Object.keys(s))
-    if (k !== 'selector' && k !== 'jwtRules')
-      fail(
-        `spec.${k}`,
-        k === 'targetRef' || k === 'targetRefs'
-          ? 'targetRef (Gateway API) is not supported; use selector'
-          : 'unknown field',
-      );
+  const problems = new Problems(report);
+  const fail = problems.report;
+  const s = specMap(spec, fail);
+  if (s === null) return null;
+  unknownKeys(s, ['selector', 'jwtRules'], 'spec', fail);
   const selector = parseSelector(s.selector, fail);
   const rules: JwtRule[] = [];
   if (s.jwtRules !== undefined && s.jwtRules !== null) {
@@ -263,6 +242,6 @@ export function parseRequestAuthentication(
         if (rule !== null) rules.push(rule);
       });
   }
-  if (!ok || selector === undefined) return null;
+  if (!problems.ok || selector === undefined) return null;
   return { meta, selector, rules };
 }
