@@ -1,5 +1,3 @@
-import type { IncomingHttpHeaders } from 'node:http';
-
 /**
  * Connection-specific fields (RFC 9110 §7.6.1) are not forwarded, in either direction, and
  * neither are the fields that the Connection header names. `expect` is answered by this proxy
@@ -83,13 +81,30 @@ export function upstreamRequestHeaders(
   return out;
 }
 
-/** Removes connection-specific fields from an upstream response's headers, in place. */
-export function stripResponseHopByHop(headers: IncomingHttpHeaders): IncomingHttpHeaders {
-  const conn = headers.connection;
-  const listed = connectionTokens(Array.isArray(conn) ? conn.join(',') : conn);
-  for (const name of HOP_BY_HOP) if (headers[name] !== undefined) delete headers[name];
-  if (listed !== null) for (const name of listed) delete headers[name];
-  return headers;
+/**
+ * An upstream response's raw headers (undici hands them over as Buffers) as the flat list sent to
+ * the client, without connection-specific fields or the fields its Connection header names.
+ */
+export function upstreamResponseHeaders(raw: readonly Buffer[]): string[] {
+  let connection = '';
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = (raw[i] as Buffer).toString('latin1');
+    if (name.length === 10 && name.toLowerCase() === 'connection') {
+      connection =
+        connection === ''
+          ? (raw[i + 1] as Buffer).toString('latin1')
+          : `${connection},${(raw[i + 1] as Buffer).toString('latin1')}`;
+    }
+  }
+  const listed = connectionTokens(connection);
+  const out: string[] = [];
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = (raw[i] as Buffer).toString('latin1');
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower) || listed?.has(lower)) continue;
+    out.push(name, (raw[i + 1] as Buffer).toString('latin1'));
+  }
+  return out;
 }
 
 /**

@@ -10,6 +10,7 @@ import { kPeer, kXfcc, type PortcullisSocket, RequestContext } from './context.j
 import { xfccElement } from './headers.js';
 import { runStages } from './pipeline.js';
 import type { ListenerPlan } from './plan.js';
+import { abortUpstream } from './upstream.js';
 
 const kListener = Symbol('portcullis.listener');
 const kContext = Symbol('portcullis.context');
@@ -308,6 +309,7 @@ function onRequest(this: http.Server & Tagged, req: http.IncomingMessage, res: h
 /** The response is done (sent, or the client went away): count it and record it. */
 function onResponseClose(this: http.ServerResponse & { [kContext]?: RequestContext }): void {
   const ctx = this[kContext] as RequestContext;
+  abortUpstream(this);
   const plan = ctx.plan;
   plan.observer.finished(ctx, plan.listenerName, plan.authorized);
 }

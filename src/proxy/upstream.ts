@@ -1,11 +1,10 @@
-import type { IncomingHttpHeaders } from 'node:http';
-import type { Writable } from 'node:stream';
+import type { ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import { Pool } from 'undici';
 import type { Limits } from '../config/load.js';
 import type { RequestContext } from './context.js';
-import { stripResponseHopByHop, upstreamRequestHeaders } from './headers.js';
+import { upstreamRequestHeaders, upstreamResponseHeaders } from './headers.js';
 import {
   type LocalReply,
   REPLY_UPSTREAM_ERROR,
@@ -68,15 +67,18 @@ export class Upstream {
 
   forward(ctx: RequestContext): void {
     const headers = upstreamRequestHeaders(ctx.req.rawHeaders, ctx.headers.connection, ctx);
-    const options: Dispatcher.RequestOptions<RequestContext> = {
-      path: ctx.forwardTarget,
-      method: ctx.method as Dispatcher.HttpMethod,
-      headers,
-      body: hasBody(ctx) ? ctx.req : null,
-      opaque: ctx,
-    };
     ctx.upstreamStart = performance.now();
-    this.pool.stream(options, onUpstreamHeaders, onUpstreamDone);
+    // undici's dispatch with a handler object: the response goes straight from the upstream's
+    // parser into the client's response, without the stream wrappers of request()/stream().
+    this.pool.dispatch(
+      {
+        path: ctx.forwardTarget,
+        method: ctx.method as Dispatcher.HttpMethod,
+        headers,
+        body: hasBody(ctx) ? ctx.req : null,
+      },
+      new Exchange(ctx),
+    );
   }
 
   /** Lets in-flight requests finish, then closes upstream connections. */
@@ -93,27 +95,81 @@ export class Upstream {
   }
 }
 
-// Module-level callbacks (undici passes `opaque` back) so that forwarding creates no closures.
-function onUpstreamHeaders(data: Dispatcher.StreamFactoryData<RequestContext>): Writable {
-  const ctx = data.opaque;
-  ctx.upstreamStatus = data.statusCode;
-  ctx.res.writeHead(data.statusCode, stripResponseHopByHop(data.headers as IncomingHttpHeaders));
-  return ctx.res;
+const kExchange = Symbol('portcullis.exchange');
+
+/**
+ * One forwarded request, as an undici dispatch handler (the callback API that undici's HTTP/1.1
+ * client calls directly). Backpressure: when the client's response is full, onData returns false
+ * and the upstream connection pauses until the response drains.
+ */
+class Exchange {
+  private readonly ctx: RequestContext;
+  private abortFn: ((err?: Error) => void) | null = null;
+  private resumeFn: (() => void) | null = null;
+  done = false;
+
+  constructor(ctx: RequestContext) {
+    this.ctx = ctx;
+    (ctx.res as ServerResponse & { [kExchange]?: Exchange })[kExchange] = this;
+  }
+
+  onConnect(abort: (err?: Error) => void): void {
+    this.abortFn = abort;
+    if (this.ctx.res.destroyed) abort(new Error('the client went away'));
+  }
+
+  onHeaders(statusCode: number, raw: Buffer[], resume: () => void): boolean {
+    if (statusCode < 200) return true; // 1xx: informational, the final response follows
+    const ctx = this.ctx;
+    this.resumeFn = resume;
+    ctx.upstreamStatus = statusCode;
+    ctx.res.writeHead(statusCode, upstreamResponseHeaders(raw));
+    return true;
+  }
+
+  onData(chunk: Buffer): boolean {
+    const res = this.ctx.res;
+    if (res.write(chunk)) return true;
+    res.once('drain', onDrain);
+    return false;
+  }
+
+  onComplete(): void {
+    this.done = true;
+    this.ctx.upstreamEnd = performance.now();
+    this.ctx.res.end();
+  }
+
+  onError(err: Error): void {
+    this.done = true;
+    const ctx = this.ctx;
+    ctx.upstreamEnd = performance.now();
+    if (ctx.res.destroyed || ctx.req.destroyed) return; // the client went away; nothing to tell it
+    const e = err as Error & { code?: string };
+    const reply = replyForUpstreamError(e);
+    ctx.plan.upstream.logger.warn(
+      { err: { code: e.code, message: err.message }, upstream: ctx.plan.upstream.origin },
+      'upstream request failed',
+    );
+    ctx.localReason = reply.reason;
+    sendLocalReply(ctx.res, reply);
+  }
+
+  /** The client's response closed: stop the upstream request if it is still going. */
+  clientGone(): void {
+    if (!this.done && this.abortFn !== null) this.abortFn(new Error('the client went away'));
+  }
+
+  resume(): void {
+    this.resumeFn?.();
+  }
 }
 
-function onUpstreamDone(err: Error | null, data: Dispatcher.StreamData<RequestContext>): void {
-  const ctx = data.opaque;
-  ctx.upstreamEnd = performance.now();
-  if (err === null) return;
-  if (ctx.res.destroyed || ctx.req.destroyed) return; // the client went away; nothing to tell it
-  const reply = replyForUpstreamError(err as Error & { code?: string });
-  ctx.plan.upstream.logger.warn(
-    {
-      err: { code: (err as Error & { code?: string }).code, message: err.message },
-      upstream: ctx.plan.upstream.origin,
-    },
-    'upstream request failed',
-  );
-  ctx.localReason = reply.reason;
-  sendLocalReply(ctx.res, reply);
+function onDrain(this: ServerResponse & { [kExchange]?: Exchange }): void {
+  this[kExchange]?.resume();
+}
+
+/** Called when a client response closes (listener.ts), so an unfinished upstream request stops too. */
+export function abortUpstream(res: ServerResponse): void {
+  (res as ServerResponse & { [kExchange]?: Exchange })[kExchange]?.clientGone();
 }
