@@ -144,6 +144,14 @@ describe('upstream failures', () => {
       expect(down.text).toContain('upstream connect error');
       expect(performance.now() - t0).toBeLessThan(2_000);
       expect((await request(`${h.url}/y`, h.client)).status).toBe(503);
+      // A request with a body gets the same clean 503 (the unread body does not take the reply down).
+      const post = await request(`${h.url}/p`, {
+        ...h.client,
+        method: 'POST',
+        body: 'hello world',
+        headers: { 'content-length': '11' },
+      });
+      expect(post.status).toBe(503);
 
       const upstream = new EchoUpstream();
       await new Promise<void>((r) => upstream.server.listen(port, '127.0.0.1', r));
