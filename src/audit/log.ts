@@ -44,6 +44,8 @@ const DENY_REASONS: ReadonlySet<string> = new Set([
   'rbac-denied',
   'ext-authz-denied',
   'ext-authz-error',
+  'rego-denied',
+  'rego-error',
   'internal-error',
   'shutting-down',
 ]);

@@ -5,6 +5,7 @@ import type { z } from 'zod';
 import type { AuditConfig } from '../audit/log.js';
 import type { ExtAuthzProvider } from '../authz/ext-authz.js';
 import type { PathNormalization } from '../authz/normalize.js';
+import type { RegoConfig } from '../authz/rego/engine.js';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { formatHostPort, type HostPort } from './address.js';
 import { configSchema, type LimitsInput, type ParsedConfig } from './schema.js';
@@ -38,6 +39,7 @@ export const DEFAULT_LIMITS: Limits = {
 
 export interface ListenerConfig {
   readonly name: string;
+  readonly rego: RegoConfig | null;
   readonly address: HostPort;
   readonly upstream: string;
   readonly workloadPort: number;
@@ -217,6 +219,16 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
     identity: { cert: abs(c.identity.cert), key: abs(c.identity.key), bundles },
     listeners: c.listeners.map((l) => ({
       name: l.name,
+      rego:
+        l.rego === undefined
+          ? null
+          : {
+              bundle: l.rego.bundle === undefined ? null : abs(l.rego.bundle),
+              wasm: l.rego.wasm === undefined ? null : abs(l.rego.wasm),
+              data: l.rego.data === undefined ? null : abs(l.rego.data),
+              entrypoint: l.rego.entrypoint,
+              headers: l.rego.headers === undefined ? null : l.rego.headers.map((h) => h.toLowerCase()),
+            },
       address: l.address,
       upstream: l.upstream,
       workloadPort: l.workloadPort ?? defaultPort(l.upstream),

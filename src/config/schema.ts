@@ -125,6 +125,22 @@ export const configSchema = z.strictObject({
         upstream,
         /** The workload port Istio policies refer to (portLevelMtls); defaults to the upstream's port. */
         workloadPort: port.optional(),
+        /** Rego compiled to WebAssembly, evaluated after the Istio policies. */
+        rego: z
+          .strictObject({
+            bundle: z.string().min(1).optional(),
+            wasm: z.string().min(1).optional(),
+            data: z.string().min(1).optional(),
+            entrypoint: z.string().min(1).default('envoy/authz/allow'),
+            headers: z.array(z.string().min(1)).optional(),
+          })
+          .refine((r) => (r.bundle === undefined) !== (r.wasm === undefined), {
+            message: 'set bundle (an OPA bundle .tar.gz) or wasm (a policy.wasm), not both and not neither',
+          })
+          .refine((r) => r.data === undefined || r.wasm !== undefined, {
+            message: 'data goes with wasm (a bundle carries its own data.json)',
+          })
+          .optional(),
         limits: limitsSchema.optional(),
       }),
     )

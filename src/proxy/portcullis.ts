@@ -15,6 +15,7 @@ import { ListenerPlan, type Stage } from './plan.js';
 import { loadSnapshot, type Snapshot } from './snapshot.js';
 import { AuthzStage } from './stages/authz.js';
 import { JwtStage } from './stages/jwt.js';
+import { RegoStage } from './stages/rego.js';
 import { RequestLineStage } from './stages/request-line.js';
 import { Upstream } from './upstream.js';
 
@@ -163,6 +164,8 @@ export class Portcullis implements AdminStatus {
     const stages: Stage[] = [requestLine];
     if (jwt !== null) stages.push(jwt);
     if (authz !== null) stages.push(authz);
+    const rego = snapshot.rego.get(lc.name);
+    if (rego !== undefined) stages.push(new RegoStage(rego, snapshot.xfccBy, this.log));
     return new ListenerPlan(
       snapshot,
       decision.mode,
@@ -171,7 +174,7 @@ export class Portcullis implements AdminStatus {
       upstream,
       lc.workloadPort,
       lc.name,
-      authz !== null,
+      authz !== null || rego !== undefined,
       this.observer,
     );
   }

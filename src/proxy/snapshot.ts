@@ -3,6 +3,7 @@ import type { SecureContextOptions } from 'node:tls';
 import type { Logger } from 'pino';
 import { type PeerAuthnDecision, resolvePeerAuthn } from '../authn/peer-authn.js';
 import { Authorizer } from '../authz/compile.js';
+import { RegoEngine } from '../authz/rego/engine.js';
 import type { Config } from '../config/load.js';
 import { ConfigError, type ConfigIssue, errorMessage } from '../errors.js';
 import { loadBundleFile, type TrustBundle, TrustBundleSet } from '../identity/bundle.js';
@@ -30,6 +31,8 @@ export class Snapshot {
   readonly jwtRules: readonly JwtRule[];
   /** The AuthorizationPolicies that apply to this workload, compiled. */
   readonly authorizer: Authorizer;
+  /** Rego engines by listener name (listeners without `rego` have none). */
+  readonly rego: ReadonlyMap<string, RegoEngine>;
   /** The full TLS option set: setSecureContext() resets whatever it is not given. */
   readonly tlsOptions: SecureContextOptions;
   /** XFCC `By=` value: the proxy's own SPIFFE ID. */
@@ -44,6 +47,7 @@ export class Snapshot {
     peerAuthn: ReadonlyMap<string, PeerAuthnDecision>,
     jwtRules: readonly JwtRule[],
     authorizer: Authorizer,
+    rego: ReadonlyMap<string, RegoEngine>,
   ) {
     this.generation = generation;
     this.config = config;
@@ -53,6 +57,7 @@ export class Snapshot {
     this.peerAuthn = peerAuthn;
     this.jwtRules = jwtRules;
     this.authorizer = authorizer;
+    this.rego = rego;
     this.tlsOptions = {
       cert: credentials.certPem,
       key: credentials.keyPem,
@@ -173,6 +178,30 @@ export function loadSnapshot(config: Config, generation: number, log?: Logger): 
       });
     }
   }
+  const rego = new Map<string, RegoEngine>();
+  config.listeners.forEach((l, i) => {
+    if (l.rego === null) return;
+    try {
+      rego.set(l.name, RegoEngine.load(l.rego));
+    } catch (err) {
+      const field = l.rego.bundle !== null ? 'bundle' : 'wasm';
+      issues.push({
+        file: config.file,
+        field: `listeners[${i}].rego.${field}`,
+        message: `${l.rego.bundle ?? l.rego.wasm}: ${errorMessage(err)}`,
+      });
+    }
+  });
   if (issues.length > 0) throw new ConfigError('ERR_CONFIG_INVALID', issues);
-  return new Snapshot(generation, config, credentials, bundleSet, policies, peerAuthn, jwtRules, authorizer);
+  return new Snapshot(
+    generation,
+    config,
+    credentials,
+    bundleSet,
+    policies,
+    peerAuthn,
+    jwtRules,
+    authorizer,
+    rego,
+  );
 }

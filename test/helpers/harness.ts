@@ -24,6 +24,10 @@ export interface HarnessOptions {
   config?: Record<string, unknown>;
   pki?: TestPki;
   upstreamUrl?: string;
+  /** Extra fields for the one listener (e.g. rego). */
+  listener?: Record<string, unknown>;
+  /** Files to write in the temp folder before starting (name → content). */
+  files?: Record<string, string | Buffer>;
 }
 
 /** Writes PKI and policies to a temp folder, starts a real upstream and a real proxy on port 0. */
@@ -38,13 +42,14 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
     dir.write('policies.yaml', opts.policies);
     policies.push('policies.yaml');
   }
+  for (const [name, content] of Object.entries(opts.files ?? {})) dir.write(name, content);
   const upstream = new EchoUpstream();
   const upstreamUrl = opts.upstreamUrl ?? (await upstream.listen());
   const raw = {
     trustDomain: 'example.org',
     workload: { namespace: 'default', serviceAccount: 'api', labels: { app: 'api' } },
     identity: { cert: 'api.pem', key: 'api.key', bundles: { 'example.org': 'bundle.pem' } },
-    listeners: [{ name: 'inbound', address: '127.0.0.1:0', upstream: upstreamUrl }],
+    listeners: [{ name: 'inbound', address: '127.0.0.1:0', upstream: upstreamUrl, ...opts.listener }],
     policies,
     shutdown: { drainTimeout: '2s' },
     ...opts.config,

@@ -16,7 +16,7 @@ export class TempDir {
     return join(this.path, name);
   }
 
-  write(name: string, text: string): string {
+  write(name: string, text: string | Buffer): string {
     const f = this.file(name);
     mkdirSync(dirname(f), { recursive: true });
     writeFileSync(f, text);

@@ -1,0 +1,142 @@
+import type { Logger } from 'pino';
+import type { RegoEngine } from '../../authz/rego/engine.js';
+import type { RequestContext } from '../context.js';
+import { LocalReply } from '../local-reply.js';
+import type { Stage, StageResult } from '../plan.js';
+
+export const REPLY_REGO_DENIED = new LocalReply(403, 'rego-denied', 'RBAC: access denied');
+export const REPLY_REGO_ERROR = new LocalReply(403, 'rego-error', 'RBAC: access denied');
+
+/** Where the verified token's claims appear, as Envoy's jwt_authn filter metadata does with payload_in_metadata. */
+export const JWT_METADATA_KEY = 'envoy.filters.http.jwt_authn';
+
+function socketAddress(
+  address: string,
+  port: number,
+): { socketAddress: { address: string; portValue: number } } {
+  return { socketAddress: { address, portValue: port } };
+}
+
+function parsedQuery(query: string): Record<string, string[]> {
+  const out: Record<string, string[]> = {};
+  if (query === '') return out;
+  for (const pair of query.split('&')) {
+    if (pair === '') continue;
+    const eq = pair.indexOf('=');
+    const dec = (s: string): string => {
+      try {
+        return decodeURIComponent(s.replaceAll('+', ' '));
+      } catch {
+        return s;
+      }
+    };
+    const k = dec(eq === -1 ? pair : pair.slice(0, eq));
+    (out[k] ??= []).push(eq === -1 ? '' : dec(pair.slice(eq + 1)));
+  }
+  return out;
+}
+
+/**
+ * The input document in the OPA-Envoy plugin's shape (ext_authz v3 CheckRequest as protojson), so
+ * that policies written for Envoy + OPA run unchanged: `input.attributes.source.principal` is the
+ * peer's SPIFFE ID with its scheme, header names are lowercase (with Envoy's `:authority`, `:method`
+ * and `:path` pseudo-headers), `input.parsed_path` and
+ * `input.parsed_query` are filled. The verified JWT's claims are under
+ * `input.attributes.metadataContext.filterMetadata["envoy.filters.http.jwt_authn"].payload`.
+ * Only the headers the config lists are included (all by default). Bodies are not included.
+ */
+export function envoyInput(
+  ctx: RequestContext,
+  headerNames: readonly string[] | null,
+  ourId: string,
+): unknown {
+  const headers: Record<string, string> = {};
+  if (headerNames === null) {
+    for (const [k, v] of Object.entries(ctx.headers))
+      if (v !== undefined) headers[k] = Array.isArray(v) ? v.join(', ') : v;
+  } else {
+    for (const k of headerNames) {
+      const v = ctx.headers[k];
+      if (v !== undefined) headers[k] = Array.isArray(v) ? v.join(', ') : v;
+    }
+  }
+  const path = ctx.query === '' ? ctx.path : `${ctx.path}?${ctx.query}`;
+  // Envoy passes HTTP/2-style pseudo-headers too; policies written for it may read them.
+  headers[':authority'] = ctx.host;
+  headers[':method'] = ctx.method;
+  headers[':path'] = path;
+  return {
+    attributes: {
+      source: {
+        address: socketAddress(ctx.sourceAddress, ctx.sourcePort),
+        principal: ctx.peer === null ? '' : ctx.peer.spiffeId.id,
+      },
+      destination: { address: socketAddress(ctx.destinationAddress, ctx.destinationPort), principal: ourId },
+      request: {
+        time: new Date(ctx.startedAt).toISOString(),
+        http: {
+          id: ctx.requestId,
+          method: ctx.method,
+          headers,
+          path,
+          host: ctx.host,
+          scheme: ctx.tls ? 'https' : 'http',
+          protocol: `HTTP/${ctx.req.httpVersion}`,
+        },
+      },
+      metadataContext:
+        ctx.claims === null ? {} : { filterMetadata: { [JWT_METADATA_KEY]: { payload: ctx.claims } } },
+    },
+    parsed_path: ctx.path.split('/').filter((s) => s !== ''),
+    parsed_query: parsedQuery(ctx.query),
+    parsed_body: null,
+    truncated_body: false,
+    version: { encoding: 'protojson', ext_authz: 'v3' },
+  };
+}
+
+/**
+ * Rego (OPA compiled to WebAssembly) after the Istio policies: when both are configured, a request
+ * must pass the AuthorizationPolicies first, then the Rego decision must allow it too.
+ */
+export class RegoStage implements Stage {
+  readonly name = 'rego';
+  private readonly engine: RegoEngine;
+  private readonly ourId: string;
+  private readonly log: Logger;
+
+  constructor(engine: RegoEngine, ourId: string, log: Logger) {
+    this.engine = engine;
+    this.ourId = ourId;
+    this.log = log;
+  }
+
+  run(ctx: RequestContext): StageResult {
+    let d: ReturnType<RegoEngine['evaluate']>;
+    try {
+      d = this.engine.evaluate(envoyInput(ctx, this.engine.headers, this.ourId));
+    } catch (err) {
+      // An abort or a trap in the policy: deny, and say why in the log (the audit reason is rego-error).
+      this.log.warn(
+        { entrypoint: this.engine.entrypoint, err: err instanceof Error ? err.message : String(err) },
+        'Rego evaluation failed; denying',
+      );
+      return REPLY_REGO_ERROR;
+    }
+    if (d.allowed) {
+      for (const [n, v] of d.upstreamHeaders) ctx.addHeader(n, v);
+      for (const [n, v] of d.responseHeaders) ctx.res.appendHeader(n, v);
+      return null;
+    }
+    if (d.status === 403 && d.body === '' && d.responseHeaders.length === 0) return REPLY_REGO_DENIED;
+    const headers: Record<string, string[]> = {};
+    for (const [n, v] of d.responseHeaders) (headers[n] ??= []).push(v);
+    // A body the policy chose is sent exactly as given.
+    return new LocalReply(
+      d.status,
+      'rego-denied',
+      d.body === '' ? 'RBAC: access denied' : Buffer.from(d.body),
+      headers,
+    );
+  }
+}
