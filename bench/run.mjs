@@ -16,6 +16,7 @@ import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { stringify } from 'yaml';
 import { createCa, issueSvid } from '../dist/index.js';
 import { haproxyTarget } from './haproxy.mjs';
+import { opaTestModule, tarGz } from './opa-test-module.mjs';
 import { policiesYaml } from './policies.mjs';
 import { writeSvg } from './svg.mjs';
 
@@ -111,7 +112,7 @@ function startProcess(name, script, argv) {
 const upstreamPort = await startProcess('upstream', 'upstream.mjs', []);
 const upstream = `http://127.0.0.1:${upstreamPort}`;
 
-function portcullisConfig(name, extra) {
+function portcullisConfig(name, extra, listenerExtra = {}) {
   const file = join(dir, `${name}.yaml`);
   writeFileSync(
     file,
@@ -123,7 +124,7 @@ function portcullisConfig(name, extra) {
         key: files['api.key'],
         bundles: { 'example.org': files['ca.pem'] },
       },
-      listeners: [{ name: 'inbound', address: '127.0.0.1:0', upstream }],
+      listeners: [{ name: 'inbound', address: '127.0.0.1:0', upstream, ...listenerExtra }],
       watch: false,
       log: { level: 'error' },
       ...extra,
@@ -142,6 +143,18 @@ const portcullis = {
   noaudit: await startProcess('portcullis-noaudit', 'portcullis-target.mjs', [
     portcullisConfig('noaudit', { policies: full.policies }),
   ]),
+  // Rego: no `opa` compiler here, so the bundle holds a test module that implements the OPA Wasm
+  // ABI (bench/opa-test-module.mjs) and allows inputs that name /api/v1/items — the SDK, the input
+  // document and the evaluation path are the real ones.
+  rego: await (async () => {
+    writeFileSync(
+      join(dir, 'authz.tar.gz'),
+      tarGz({ '/policy.wasm': await opaTestModule({ allowMarker: '"/api/v1/items' }) }),
+    );
+    return startProcess('portcullis-rego', 'portcullis-target.mjs', [
+      portcullisConfig('rego', full, { rego: { bundle: join(dir, 'authz.tar.gz') } }),
+    ]);
+  })(),
   nocache: await startProcess('portcullis-nocache', 'portcullis-target.mjs', [
     portcullisConfig('nocache', { ...full, jwt: { cacheSize: 0 }, audit: undefined }),
   ]),
@@ -186,6 +199,13 @@ const targets = [
     port: portcullis.nocache,
     token: tokens.rs,
     enforces: true,
+  },
+  {
+    name: 'portcullis everything + Rego (wasm)',
+    port: portcullis.rego,
+    token: tokens.rs,
+    enforces: true,
+    key: 'rego',
   },
   {
     name: 'hand-written Node PEP (baseline)',
@@ -346,6 +366,7 @@ const ratios = {
     rows.find((r) => r.target === 'portcullis mTLS only'),
   ),
   auditOnVsOff: ratio(by('full'), by('noaudit')),
+  regoVsEverything: ratio(by('rego'), by('full')),
 };
 
 const table = [
@@ -364,6 +385,7 @@ console.log(`everything-on / hand-written baseline: ${ratios.everythingVsBaselin
 console.log(`everything-on / HAProxy: ${ratios.everythingVsHaproxy ?? `n/a (${hap.note})`}`);
 console.log(`everything-on / mTLS only: ${ratios.everythingVsMtlsOnly ?? 'n/a'}×`);
 console.log(`audit on / audit off: ${ratios.auditOnVsOff ?? 'n/a'}×`);
+console.log(`everything + Rego / everything: ${ratios.regoVsEverything ?? 'n/a'}×`);
 for (const [name, f] of Object.entries(fixed))
   console.log(`at ${f.rate} req/s, ${name}: p50 ${f.p50} ms, p99 ${f.p99} ms`);
 for (const t of selected.filter((x) => x.excluded)) console.log(`not compared: ${t.name} (${t.excluded})`);
