@@ -2,10 +2,16 @@ import type { RequestAttributes } from '../authz/attributes.js';
 import { Authorizer, Decision } from '../authz/compile.js';
 import { normalizePath } from '../authz/normalize.js';
 import { referenceDecide } from '../authz/reference.js';
+import { RegoEngine } from '../authz/rego/engine.js';
 import type { Config } from '../config/load.js';
 import { PortcullisError } from '../errors.js';
+import { SpiffeId } from '../identity/spiffe-id.js';
+import { PeerIdentity } from '../identity/verify-peer.js';
 import { loadPolicies } from '../istio/load.js';
 import { appliesTo } from '../istio/selector.js';
+import { kPeer, RequestContext } from '../proxy/context.js';
+import type { ListenerPlan } from '../proxy/plan.js';
+import { envoyInput } from '../proxy/stages/rego.js';
 
 export interface CheckInput {
   listener?: string;
@@ -132,6 +138,27 @@ export function runCheck(config: Config, input: CheckInput, out: (line: string) 
       `  WARNING: the reference evaluator disagrees (${ref.allowed ? 'allow' : 'deny'} by ${ref.policy ?? '-'} rule[${ref.ruleIndex}]); please report this`,
     );
   }
+  const listener =
+    input.listener === undefined
+      ? config.listeners[0]
+      : config.listeners.find((l) => l.name === input.listener);
+  let regoDenied = false;
+  if (listener?.rego != null) {
+    const engine = RegoEngine.load(listener.rego);
+    const rego = engine.evaluate(regoInput(a, input, listener.workloadPort));
+    const extra = rego.allowed
+      ? rego.upstreamHeaders.length > 0
+        ? ` (headers upstream: ${rego.upstreamHeaders.map(([k, v]) => `${k}: ${v}`).join(', ')})`
+        : ''
+      : ` (${rego.status}${rego.body === '' ? '' : ` ${JSON.stringify(rego.body)}`})`;
+    out(`rego ${engine.entrypoint}: ${rego.allowed ? 'ALLOW' : 'DENY'}${extra}`);
+    if (d.allowed && !rego.allowed)
+      out('decision with Rego: DENY (Istio policies allow, the Rego policy does not)');
+    if (!d.allowed)
+      out('decision with Rego: DENY (the Istio policies already deny; Rego would not be asked)');
+    if (d.allowed && rego.allowed) out('decision with Rego: ALLOW');
+    regoDenied = !rego.allowed;
+  }
   if (input.explain) {
     out('');
     if (policies.length === 0)
@@ -143,5 +170,36 @@ export function runCheck(config: Config, input: CheckInput, out: (line: string) 
       for (const line of e.rules) out(`  ${line}`);
     }
   }
-  return d.allowed ? 0 : EXIT_DENIED;
+  return d.allowed && !regoDenied ? 0 : EXIT_DENIED;
+}
+
+/** The OPA-Envoy input the proxy would build for this request (same code path as the proxy). */
+function regoInput(a: RequestAttributes, input: CheckInput, workloadPort: number): unknown {
+  const socket: Record<string | symbol, unknown> = {
+    remoteAddress: a.sourceAddress,
+    remotePort: a.sourcePort,
+    localAddress: a.destinationAddress,
+    encrypted: a.peerPrincipal !== '',
+    servername: a.sni,
+  };
+  if (a.peerPrincipal !== '')
+    socket[kPeer] = new PeerIdentity(SpiffeId.parse(`spiffe://${a.peerPrincipal}`), '', 0);
+  const req = {
+    method: a.method,
+    url: input.path,
+    httpVersion: '1.1',
+    headers: a.headers,
+    rawHeaders: [],
+    socket,
+  };
+  const plan = { workloadPort } as unknown as ListenerPlan;
+  // A request context over a described request: no socket or response is involved in evaluating.
+  const ctx = new RequestContext(plan, req as never, {} as never);
+  ctx.host = a.host;
+  ctx.path = a.path;
+  ctx.query = a.query;
+  ctx.requestId = 'portcullis-check';
+  ctx.requestPrincipal = a.requestPrincipal;
+  ctx.claims = a.claims;
+  return envoyInput(ctx, null, '');
 }

@@ -140,3 +140,46 @@ describe('Rego configuration errors are clear', () => {
     }
   });
 });
+
+describe('portcullis check with a Rego engine', () => {
+  it('shows the Rego decision beside the Istio one', async () => {
+    const { execFile } = await import('node:child_process');
+    const { fileURLToPath } = await import('node:url');
+    const { TempDir } = await import('../helpers/pki.js');
+    const bin = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
+    const tmp = new TempDir();
+    tmp.write('p.wasm', await opaTestModule());
+    tmp.write(
+      'portcullis.yaml',
+      'trustDomain: example.org\nidentity: { cert: c.pem, key: c.key, bundles: { example.org: b.pem } }\nlisteners: [{ name: inbound, address: 127.0.0.1:1, upstream: http://127.0.0.1:2, rego: { wasm: p.wasm } }]\n',
+    );
+    const run = (path: string): Promise<{ code: number; stdout: string }> =>
+      new Promise((resolve) =>
+        execFile(
+          process.execPath,
+          [
+            bin,
+            'check',
+            '-c',
+            tmp.file('portcullis.yaml'),
+            '--principal',
+            'example.org/ns/default/sa/web',
+            '--path',
+            path,
+          ],
+          (err, stdout) => resolve({ code: err === null ? 0 : Number(err.code), stdout }),
+        ),
+      );
+    try {
+      const yes = await run('/allowed/x');
+      expect(yes.code).toBe(0);
+      expect(yes.stdout).toContain('rego envoy/authz/allow: ALLOW');
+      const no = await run('/object');
+      expect(no.code).toBe(3);
+      expect(no.stdout).toContain('rego envoy/authz/allow: DENY (418 "short and stout")');
+      expect(no.stdout).toContain('decision with Rego: DENY');
+    } finally {
+      tmp.cleanup();
+    }
+  });
+});
