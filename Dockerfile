@@ -1,6 +1,13 @@
 # syntax=docker/dockerfile:1
-# Portcullis image: a multi-stage build. The build stage compiles TypeScript (npm ci runs the
-# `prepare` script), then drops dev dependencies; the runtime stage carries only what runs.
+# Portcullis image: a multi-stage build.
+#
+# Rego policies are compiled to WebAssembly before they reach this image, e.g. with the official
+# OPA image, and mounted (or copied) beside portcullis.yaml:
+#   docker run --rm -v "$PWD:/w" -w /w openpolicyagent/opa:latest \
+#     build -t wasm -e envoy/authz/allow -o policies/authz.tar.gz policies/rego/
+#
+# The build stage compiles TypeScript (npm ci runs the `prepare` script), then drops dev
+# dependencies; the runtime stage carries only what runs.
 
 ARG NODE_VERSION=20.20
 FROM node:${NODE_VERSION}-bookworm-slim AS build
