@@ -14,6 +14,7 @@ import {
   type SigningKey,
   sign,
 } from '../helpers/jwks.js';
+import { until } from '../helpers/wait.js';
 
 interface AuditEvent {
   version: number;
@@ -70,14 +71,6 @@ class Collector {
   close(): Promise<void> {
     this.server.closeAllConnections();
     return new Promise((r) => this.server.close(() => r()));
-  }
-}
-
-async function until(what: string, cond: () => boolean, ms = 5_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
   }
 }
 

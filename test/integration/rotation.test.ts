@@ -6,6 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createCa, issueSvid, type PemPair } from '../../src/identity/dev-ca.js';
 import { request } from '../helpers/client.js';
 import { type Harness, startHarness } from '../helpers/harness.js';
+import { until } from '../helpers/wait.js';
 
 interface Seen {
   status: number;
@@ -33,14 +34,6 @@ function get(h: Harness, path: string, agent: https.Agent | false): Promise<Seen
 function replace(file: string, text: string): void {
   writeFileSync(`${file}.tmp`, text);
   renameSync(`${file}.tmp`, file);
-}
-
-async function until(what: string, cond: () => boolean, ms = 5_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 function fingerprint(p: PemPair): string {
