@@ -198,13 +198,15 @@ async function cmdValidate(args: string[], out: Out): Promise<number> {
     `  identity: ${snap.credentials.spiffeId.id} (certificate valid until ${new Date(snap.credentials.notAfter).toISOString()})`,
   );
   out(`  trust domains: ${snap.bundles.domains.join(', ')}`);
+  const p = snap.policies;
   out(
-    `  policies: ${snap.policies.files.length} file(s), ${snap.policies.peerAuthentications.length} PeerAuthentication`,
+    `  policies: ${p.files.length} file(s): ${p.peerAuthentications.length} PeerAuthentication, ${p.requestAuthentications.length} RequestAuthentication, ${p.authorizationPolicies.length} AuthorizationPolicy (${snap.authorizer.all.length} apply to this workload, ${snap.jwtRules.length} JWT rule(s))`,
   );
   for (const l of config.listeners) {
     const pa = snap.peerAuthn.get(l.name);
+    const rego = snap.rego.get(l.name);
     out(
-      `  listener ${l.name}: ${formatHostPort(l.address)} -> ${l.upstream}, mTLS ${pa?.mode} (${pa?.source})`,
+      `  listener ${l.name}: ${formatHostPort(l.address)} -> ${l.upstream}, mTLS ${pa?.mode} (${pa?.source})${rego === undefined ? '' : `, then Rego ${rego.entrypoint}`}`,
     );
   }
   if (config.admin !== null) out(`  admin: ${formatHostPort(config.admin.address)}`);
