@@ -1,6 +1,10 @@
 import type { Logger } from 'pino';
-import type { RequestContext } from '../proxy/context.js';
+import type { RequestAttributes } from '../authz/attributes.js';
+import type { DecisionOut } from '../authz/compile.js';
+import type { AuditConfig, AuditDecisions, SinkConfig } from '../config/types.js';
 import { FileSink, HttpSink, type Sink, StdoutSink } from './sinks.js';
+
+export type { AuditConfig, AuditDecisions, SinkConfig };
 
 /**
  * The audit event schema, version 1: one JSON object per decision, one per line (NDJSON).
@@ -9,31 +13,21 @@ import { FileSink, HttpSink, type Sink, StdoutSink } from './sinks.js';
  */
 export const AUDIT_SCHEMA_VERSION = 1;
 
-export type AuditDecisions = 'all' | 'deny' | 'audit';
-
-export type SinkConfig =
-  | { type: 'stdout' }
-  | { type: 'file'; path: string; maxBytes: number; keep: number }
-  | {
-      type: 'http';
-      url: string;
-      timeoutMs: number;
-      gzip: boolean;
-      batchSize: number;
-      maxRetryDelayMs: number;
-      headers: Record<string, string>;
-    };
-
-export interface AuditConfig {
-  readonly decisions: AuditDecisions;
-  /** Fraction of allowed requests recorded when decisions is `all` (1 = every one). */
-  readonly sampleAllows: number;
-  readonly includeQuery: boolean;
-  /** Lowercase names of request headers whose values are recorded. */
-  readonly headers: readonly string[];
-  /** Events each sink may hold before new ones are dropped. */
-  readonly bufferSize: number;
-  readonly sinks: readonly SinkConfig[];
+/**
+ * What an event is built from. The proxy's request context provides it; audit/ names only the
+ * fields it reads, so it does not depend on the proxy.
+ */
+export interface AuditedRequest extends RequestAttributes, DecisionOut {
+  readonly startTime: number;
+  readonly startedAt: number;
+  readonly requestId: string;
+  readonly localReason: string;
+  readonly upstreamStart: number;
+  readonly upstreamEnd: number;
+  readonly upstreamStatus: number;
+  readonly authzMs: number;
+  readonly tls: boolean;
+  readonly res: { readonly statusCode: number; readonly writableFinished: boolean };
 }
 
 /** Local-reply reasons that are refusals (the rest, such as an upstream failure, follow an allow). */
@@ -55,12 +49,12 @@ function round(n: number, digits: number): number {
   return Math.round(n * f) / f;
 }
 
-export function isDeny(ctx: RequestContext): boolean {
+export function isDeny(ctx: AuditedRequest): boolean {
   return ctx.localReason !== '' && DENY_REASONS.has(ctx.localReason);
 }
 
 /** The reason recorded: why it was refused, or on what grounds it was let through. */
-export function reasonOf(ctx: RequestContext, authorized: boolean): string {
+export function reasonOf(ctx: AuditedRequest, authorized: boolean): string {
   if (ctx.localReason === 'rbac-denied')
     return ctx.reason === 'denied-by-policy' ? 'policy' : 'no-matching-allow';
   if (ctx.localReason !== '') return ctx.localReason;
@@ -83,7 +77,7 @@ export class AuditLog {
   }
 
   /** Called once a response is finished (or the client went away). Appends; never waits. */
-  recordRequest(ctx: RequestContext, listener: string, authorized: boolean): void {
+  recordRequest(ctx: AuditedRequest, listener: string, authorized: boolean): void {
     const deny = isDeny(ctx);
     const c = this.config;
     if (c.decisions === 'deny' && !deny) return;

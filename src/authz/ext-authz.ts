@@ -1,5 +1,8 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import { Pool } from 'undici';
+import type { ExtAuthzProvider } from '../config/types.js';
+
+export type { ExtAuthzProvider };
 
 /**
  * CUSTOM authorization: an external authorizer reached over Envoy ext_authz's HTTP protocol, the
@@ -9,22 +12,6 @@ import { Pool } from 'undici';
  * any other status denies, and the client gets that status and body. A failure to get an answer
  * (refused, timeout, reset) denies with `statusOnError` — unless the provider is `failOpen`.
  */
-export interface ExtAuthzProvider {
-  readonly name: string;
-  /** Origin of the authorizer (http://host:port or https://…). */
-  readonly origin: string;
-  readonly pathPrefix: string;
-  readonly timeoutMs: number;
-  readonly failOpen: boolean;
-  readonly statusOnError: number;
-  /** Lowercase names of client headers sent along (besides `authorization`). */
-  readonly includeRequestHeaders: readonly string[];
-  /** Fixed headers added to every check request. */
-  readonly additionalHeaders: readonly (readonly [string, string])[];
-  readonly headersToUpstreamOnAllow: readonly string[];
-  readonly headersToDownstreamOnAllow: readonly string[];
-  readonly headersToDownstreamOnDeny: readonly string[];
-}
 
 export interface ExtAuthzRequest {
   readonly method: string;

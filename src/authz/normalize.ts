@@ -10,7 +10,9 @@
  * - DECODE_AND_MERGE_SLASHES: `%2F` and `%5C` are decoded first, then MERGE_SLASHES.
  * A `%00` is refused before any of this (by the request-line stage), in every mode.
  */
-export type PathNormalization = 'NONE' | 'BASE' | 'MERGE_SLASHES' | 'DECODE_AND_MERGE_SLASHES';
+import type { PathNormalization } from '../config/types.js';
+
+export type { PathNormalization };
 export const PATH_NORMALIZATIONS: readonly PathNormalization[] = [
   'NONE',
   'BASE',

@@ -2,13 +2,10 @@ import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import type { z } from 'zod';
-import type { AuditConfig } from '../audit/log.js';
-import type { ExtAuthzProvider } from '../authz/ext-authz.js';
-import type { PathNormalization } from '../authz/normalize.js';
-import type { RegoConfig } from '../authz/rego/engine.js';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { formatHostPort, type HostPort } from './address.js';
 import { configSchema, type LimitsInput, type ParsedConfig } from './schema.js';
+import type { AuditConfig, ExtAuthzProvider, PathNormalization, RegoConfig } from './types.js';
 
 export interface Limits {
   readonly maxHeaderSize: number;

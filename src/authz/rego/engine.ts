@@ -1,7 +1,17 @@
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { gunzipSync } from 'node:zlib';
+import type { RegoConfig } from '../../config/types.js';
 import { PortcullisError } from '../../errors.js';
+
+export type { RegoConfig };
+
+/**
+ * Rego policies compiled to WebAssembly (`opa build -t wasm -e <entrypoint>`), evaluated in-process
+ * with the opa-wasm SDK — no OPA sidecar, no network hop. Evaluation is synchronous and the
+ * process single-threaded, so one instance serves every request in turn; it is never entered twice
+ * at once. The SDK uses ABI 1.2's `opa_eval` fast path when the module offers it.
+ */
 
 /** The parts of the opa-wasm SDK used here (its published types name no default export). */
 interface LoadedPolicy {
@@ -26,23 +36,6 @@ const WA = (
     };
   }
 ).WebAssembly;
-
-/**
- * Rego policies compiled to WebAssembly (`opa build -t wasm -e <entrypoint>`), evaluated in-process
- * with the opa-wasm SDK — no OPA sidecar, no network hop. Evaluation is synchronous and the
- * process single-threaded, so one instance serves every request in turn; it is never entered twice
- * at once. The SDK uses ABI 1.2's `opa_eval` fast path when the module offers it.
- */
-export interface RegoConfig {
-  /** An OPA bundle (.tar.gz) holding /policy.wasm and optionally /data.json. */
-  readonly bundle: string | null;
-  /** Or a bare policy.wasm, with an optional data file. */
-  readonly wasm: string | null;
-  readonly data: string | null;
-  readonly entrypoint: string;
-  /** Request headers given to the policy (lowercase); null means every header. */
-  readonly headers: readonly string[] | null;
-}
 
 export interface RegoDecision {
   readonly allowed: boolean;
