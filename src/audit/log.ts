@@ -41,7 +41,6 @@ const DENY_REASONS: ReadonlySet<string> = new Set([
   'rego-denied',
   'rego-error',
   'internal-error',
-  'shutting-down',
 ]);
 
 function round(n: number, digits: number): number {
@@ -77,8 +76,13 @@ export class AuditLog {
   }
 
   /** Called once a response is finished (or the client went away). Appends; never waits. */
-  recordRequest(ctx: AuditedRequest, listener: string, authorized: boolean): void {
-    const deny = isDeny(ctx);
+  recordRequest(
+    ctx: AuditedRequest,
+    listener: string,
+    authorized: boolean,
+    deny: boolean,
+    reason: string,
+  ): void {
     const c = this.config;
     if (c.decisions === 'deny' && !deny) return;
     if (c.decisions === 'audit' && ctx.auditPolicy === null) return;
@@ -99,7 +103,7 @@ export class AuditLog {
       listener,
       decision: deny ? 'deny' : 'allow',
       status: ctx.res.statusCode,
-      reason: reasonOf(ctx, authorized),
+      reason,
       policy: ctx.policy?.id ?? null,
       rule: ctx.policy === null ? null : ctx.ruleIndex,
       audit: ctx.auditPolicy?.id ?? null,

@@ -105,11 +105,6 @@ export class JwksSource {
     this.timer = null;
   }
 
-  /** The key for a token's `kid` (or, for a token without `kid`, the keys to try). */
-  find(kid: string): JwksKey | undefined {
-    return this.byKid.get(kid);
-  }
-
   keys(): readonly JwksKey[] {
     return this.all;
   }

@@ -122,10 +122,6 @@ export class TokenCache {
     }
     this.map.set(token, verified);
   }
-
-  get size(): number {
-    return this.map.size;
-  }
 }
 
 /** Why a token was refused: `invalid` → 401, `audience` → 403 (Envoy's jwt_authn statuses). */

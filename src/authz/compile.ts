@@ -181,41 +181,11 @@ class CompiledCondition {
     return this.listHolds(v);
   }
 
-  /** A list attribute: `values` holds if any element matches; `notValues` if none does. */
-  private listHolds(list: readonly string[]): boolean {
-    if (this.values !== null) {
-      let any = false;
-      for (let i = 0; i < list.length && !any; i++) any = this.values.matches(list[i] as string);
-      if (!any) return false;
-    }
-    if (this.notValues !== null) {
-      for (let i = 0; i < list.length; i++) if (this.notValues.matches(list[i] as string)) return false;
-    }
-    return true;
-  }
-
-  private claimHolds(claims: Readonly<Record<string, unknown>> | null): boolean {
-    let v: unknown = claims;
-    for (let i = 0; i < this.claim.length; i++) {
-      if (v === null || typeof v !== 'object' || Array.isArray(v)) {
-        v = undefined;
-        break;
-      }
-      v = (v as Record<string, unknown>)[this.claim[i] as string];
-    }
-    if (Array.isArray(v)) {
-      // Only string elements count (Istio matches string claims and lists of strings).
-      return this.claimListHolds(v);
-    }
-    const s = typeof v === 'string' ? v : '';
-    if (!this.splitWords) return this.stringHolds(s);
-    const pos = this.values as StringMatcher | null;
-    const neg = this.notValues as StringMatcher | null;
-    if (pos !== null && !pos.matchesAnyWord(s)) return false;
-    return neg === null || !neg.matchesAnyWord(s);
-  }
-
-  private claimListHolds(list: readonly unknown[]): boolean {
+  /**
+   * A list attribute: `values` holds if any element matches; `notValues` if none does. Only string
+   * elements count (Istio matches string claims and lists of strings).
+   */
+  private listHolds(list: readonly unknown[]): boolean {
     if (this.values !== null) {
       let any = false;
       for (let i = 0; i < list.length && !any; i++) {
@@ -231,6 +201,27 @@ class CompiledCondition {
       }
     }
     return true;
+  }
+
+  private claimHolds(claims: Readonly<Record<string, unknown>> | null): boolean {
+    let v: unknown = claims;
+    for (let i = 0; i < this.claim.length; i++) {
+      if (v === null || typeof v !== 'object' || Array.isArray(v)) {
+        v = undefined;
+        break;
+      }
+      v = (v as Record<string, unknown>)[this.claim[i] as string];
+    }
+    if (Array.isArray(v)) {
+      // Only string elements count (Istio matches string claims and lists of strings).
+      return this.listHolds(v);
+    }
+    const s = typeof v === 'string' ? v : '';
+    if (!this.splitWords) return this.stringHolds(s);
+    const pos = this.values as StringMatcher | null;
+    const neg = this.notValues as StringMatcher | null;
+    if (pos !== null && !pos.matchesAnyWord(s)) return false;
+    return neg === null || !neg.matchesAnyWord(s);
   }
 }
 

@@ -13,12 +13,6 @@
 import type { PathNormalization } from '../config/types.js';
 
 export type { PathNormalization };
-export const PATH_NORMALIZATIONS: readonly PathNormalization[] = [
-  'NONE',
-  'BASE',
-  'MERGE_SLASHES',
-  'DECODE_AND_MERGE_SLASHES',
-];
 
 function hexVal(c: number): number {
   if (c >= 48 && c <= 57) return c - 48;

@@ -52,11 +52,6 @@ export class SpiffeId {
     return new SpiffeId(input, td, path);
   }
 
-  /** Like parse, but returns null instead of throwing (for places that only need yes or no). */
-  static tryParse(input: string): SpiffeId | null {
-    return spiffeIdProblem(input) === null ? SpiffeId.parse(input) : null;
-  }
-
   toString(): string {
     return this.id;
   }

@@ -43,9 +43,6 @@ export const REPLY_UPSTREAM_UNAVAILABLE = new LocalReply(
 );
 export const REPLY_UPSTREAM_TIMEOUT = new LocalReply(504, 'upstream-timeout', 'upstream request timeout');
 export const REPLY_UPSTREAM_ERROR = new LocalReply(502, 'upstream-error', 'upstream protocol error');
-export const REPLY_SHUTTING_DOWN = new LocalReply(503, 'shutting-down', 'the proxy is shutting down', {
-  connection: 'close',
-});
 
 /** `challenge` is the WWW-Authenticate value for replies that carry one, else ''. */
 export function sendLocalReply(res: ServerResponse, reply: LocalReply, challenge = ''): void {

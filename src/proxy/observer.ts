@@ -17,17 +17,18 @@ export class RequestObserver {
 
   finished(ctx: RequestContext, listener: string, authorized: boolean): void {
     const deny = isDeny(ctx);
+    const reason = reasonOf(ctx, authorized);
     const upstream =
       ctx.upstreamStart === 0 ? -1 : ((ctx.upstreamEnd || performance.now()) - ctx.upstreamStart) / 1000;
     this.metrics.request(
       listener,
       deny ? 'deny' : 'allow',
-      reasonOf(ctx, authorized),
+      reason,
       ctx.res.statusCode,
       authorized ? ctx.authzMs * 1000 : 0,
       upstream,
     );
-    this.audit?.recordRequest(ctx, listener, authorized);
+    this.audit?.recordRequest(ctx, listener, authorized, deny, reason);
   }
 
   peerRefused(listener: string, reason: string, detail: string, address: string, port: number): void {

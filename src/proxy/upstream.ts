@@ -86,10 +86,6 @@ export class Upstream {
     return this.pool.close();
   }
 
-  destroy(): Promise<void> {
-    return this.pool.destroy();
-  }
-
   get logger(): Logger {
     return this.log;
   }
