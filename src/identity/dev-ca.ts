@@ -150,6 +150,11 @@ export interface SvidOptions {
 /** Issues a valid X.509-SVID for `spiffeId`, usable as client and server certificate. */
 export async function issueSvid(issuer: PemPair, spiffeId: string, opts: SvidOptions = {}): Promise<PemPair> {
   const id = SpiffeId.parse(spiffeId);
+  if (id.path === '')
+    throw new PortcullisError(
+      'ERR_SPIFFE_ID_INVALID',
+      `${spiffeId}: an X.509-SVID's SPIFFE ID must have a path`,
+    );
   const notBefore = new Date(Date.now() - 60_000);
   return issueCertificate(issuer, {
     commonName: id.path.split('/').pop() || id.trustDomain,

@@ -24,6 +24,7 @@ export type SvidRule =
   | 'malformed'
   | 'uri-san-count'
   | 'spiffe-id'
+  | 'no-path'
   | 'ca-leaf'
   | 'key-usage-missing'
   | 'digital-signature'
@@ -85,6 +86,10 @@ export function leafSpiffeId(cert: X509Certificate): SpiffeId {
   const problem = spiffeIdProblem(uri);
   if (problem !== null)
     throw new SvidError('spiffe-id', `X.509-SVID: the URI SAN is not a valid SPIFFE ID: ${problem}`);
+  const id = SpiffeId.parse(uri);
+  // §3.1 and §5.2: a leaf's SPIFFE ID names a workload, never the trust domain itself.
+  if (id.path === '')
+    throw new SvidError('no-path', `X.509-SVID: a leaf's SPIFFE ID must have a path, ${uri} has none`);
   if (ext.ca) throw new SvidError('ca-leaf', 'X.509-SVID: a leaf must have cA=false in basicConstraints');
   if (ext.keyUsage === null) {
     throw new SvidError('key-usage-missing', 'X.509-SVID: a leaf must have the keyUsage extension');
@@ -98,5 +103,5 @@ export function leafSpiffeId(cert: X509Certificate): SpiffeId {
   if ((ext.keyUsage & KeyUsageFlags.cRLSign) !== 0) {
     throw new SvidError('crl-sign', 'X.509-SVID: a leaf must not set cRLSign in keyUsage');
   }
-  return SpiffeId.parse(uri);
+  return id;
 }

@@ -55,6 +55,16 @@ describe('STRICT: every peer must present a valid X.509-SVID of a trusted trust 
       'uri-san-count',
     ],
     [
+      "the trust domain's own ID, without a path (X.509-SVID §3.1: a leaf's ID has a non-root path)",
+      (ca) =>
+        issueCertificate(ca, {
+          commonName: 'w',
+          uris: ['spiffe://example.org'],
+          keyUsage: KeyUsage.digitalSignature,
+        }),
+      'no-path',
+    ],
+    [
       'cA=true on the leaf',
       (ca) =>
         issueCertificate(ca, {

@@ -59,6 +59,11 @@ describe('X.509-SVID leaf rules', () => {
       'spiffe-id',
     ],
     [
+      "the trust domain's own ID (no path)",
+      () => issueCertificate(ca, { commonName: 'w', uris: ['spiffe://example.org'], keyUsage: DS }),
+      'no-path',
+    ],
+    [
       'cA=true',
       () => issueCertificate(ca, { commonName: 'w', uris: [ID], isCa: true, keyUsage: DS }),
       'ca-leaf',
