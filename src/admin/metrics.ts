@@ -9,6 +9,9 @@ export interface MetricsSources {
       tlsFailures: ReadonlyMap<string, number>;
       peersRejected: ReadonlyMap<string, number>;
       peersVerified: number;
+      refused: ReadonlyMap<string, number>;
+      pending: number;
+      active: number;
     };
   }[];
   jwt(): {
@@ -87,6 +90,38 @@ export class Metrics {
         for (const l of sources.listeners()) {
           for (const [reason, n] of l.stats.tlsFailures) this.labels({ listener: l.name, reason }).inc(n);
         }
+      },
+    });
+    new Counter({
+      name: 'portcullis_connections_refused_total',
+      help: 'Connections closed by a limit before carrying a request, by reason (handshake-timeout, pending-per-source, pending-evicted, connection-limit).',
+      labelNames: ['listener', 'reason'],
+      registers,
+      collect() {
+        this.reset();
+        for (const l of sources.listeners()) {
+          for (const [reason, n] of l.stats.refused) this.labels({ listener: l.name, reason }).inc(n);
+        }
+      },
+    });
+    new Gauge({
+      name: 'portcullis_pending_connections',
+      help: 'Connections now in the first-byte sniff, the TLS handshake or the SPIFFE checks.',
+      labelNames: ['listener'],
+      registers,
+      collect() {
+        this.reset();
+        for (const l of sources.listeners()) this.labels({ listener: l.name }).set(l.stats.pending);
+      },
+    });
+    new Gauge({
+      name: 'portcullis_active_connections',
+      help: 'Verified (or plaintext, where allowed) client connections now open.',
+      labelNames: ['listener'],
+      registers,
+      collect() {
+        this.reset();
+        for (const l of sources.listeners()) this.labels({ listener: l.name }).set(l.stats.active);
       },
     });
     new Counter({

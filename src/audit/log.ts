@@ -33,6 +33,8 @@ export interface AuditedRequest extends RequestAttributes, DecisionOut {
 /** Local-reply reasons that are refusals (the rest, such as an upstream failure, follow an allow). */
 const DENY_REASONS: ReadonlySet<string> = new Set([
   'bad-request',
+  'header-too-large',
+  'request-timeout',
   'jwt-invalid',
   'jwt-audience',
   'rbac-denied',
@@ -82,6 +84,7 @@ export class AuditLog {
     authorized: boolean,
     deny: boolean,
     reason: string,
+    tokenParams: ReadonlySet<string>,
   ): void {
     const c = this.config;
     if (c.decisions === 'deny' && !deny) return;
@@ -121,7 +124,7 @@ export class AuditLog {
         method: ctx.method,
         host: ctx.host,
         path: ctx.path,
-        query: c.includeQuery && ctx.query !== '' ? ctx.query : undefined,
+        query: c.includeQuery && ctx.query !== '' ? redactQuery(ctx.query, tokenParams) : undefined,
         principal: ctx.requestPrincipal,
         headers,
       },
@@ -158,6 +161,35 @@ export class AuditLog {
     );
   }
 
+  /**
+   * A request the HTTP parser refused before it became a request (malformed, a head too large, a
+   * head too slow): no method, path or id exist, only who sent it and what was answered.
+   */
+  recordClientError(
+    listener: string,
+    status: number,
+    reason: string,
+    principal: string,
+    address: string,
+    port: number,
+    tls: boolean,
+  ): void {
+    if (this.config.decisions === 'audit') return;
+    this.offer(
+      JSON.stringify({
+        version: AUDIT_SCHEMA_VERSION,
+        time: new Date().toISOString(),
+        requestId: null,
+        listener,
+        decision: 'deny',
+        status,
+        reason,
+        source: { principal, address, port },
+        tls,
+      }),
+    );
+  }
+
   private offer(line: string): void {
     for (let i = 0; i < this.sinks.length; i++) (this.sinks[i] as Sink).offer(line);
   }
@@ -169,4 +201,26 @@ export class AuditLog {
   close(timeoutMs: number): Promise<unknown> {
     return Promise.all(this.sinks.map((s) => s.close(timeoutMs)));
   }
+}
+
+/** The query with the value of every token parameter replaced by `REDACTED` (names compared decoded). */
+export function redactQuery(query: string, tokenParams: ReadonlySet<string>): string {
+  const pairs = query.split('&');
+  let changed = false;
+  for (let i = 0; i < pairs.length; i++) {
+    const pair = pairs[i] as string;
+    const eq = pair.indexOf('=');
+    const key = eq === -1 ? pair : pair.slice(0, eq);
+    let name = key;
+    try {
+      name = decodeURIComponent(key);
+    } catch {
+      // an undecodable name is compared as sent
+    }
+    if (tokenParams.has(name)) {
+      pairs[i] = `${key}=REDACTED`;
+      changed = true;
+    }
+  }
+  return changed ? pairs.join('&') : query;
 }

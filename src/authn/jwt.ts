@@ -211,8 +211,13 @@ export async function verifyToken(
         algorithms: ALGORITHMS,
         clockTolerance: skewSeconds,
       });
+      // jose checks `iat` only against maxTokenAge; a token issued in the future (beyond the
+      // skew) is either forged ahead of time or from a broken clock: refuse it.
+      if (typeof payload.iat === 'number' && payload.iat > Date.now() / 1000 + skewSeconds)
+        throw new TokenError('invalid', 'claim check failed: iat is in the future');
       return new VerifiedToken(rule, payload as Record<string, unknown>, parts.payloadSegment, k.key);
     } catch (err) {
+      if (err instanceof TokenError) throw err;
       // With no kid, another key may fit; any other failure is final.
       if (parts.kid === '' && err instanceof joseErrors.JWSSignatureVerificationFailed) continue;
       throw new TokenError('invalid', describe(err));

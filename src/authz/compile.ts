@@ -504,6 +504,17 @@ class RuleIndex {
   }
 }
 
+/** Request headers the policies' `when` conditions read (lowercase). */
+function headersRead(policies: readonly AuthorizationPolicy[]): Set<string> {
+  const out = new Set<string>();
+  for (const p of policies)
+    for (const r of p.rules ?? [])
+      for (const c of r.when ?? [])
+        if (c.key.startsWith('request.headers['))
+          out.add(c.key.slice('request.headers['.length, -1).toLowerCase());
+  return out;
+}
+
 function usesRemoteIp(p: AuthorizationPolicy): boolean {
   for (const r of p.rules ?? []) {
     for (const s of r.from ?? [])
@@ -529,6 +540,8 @@ export class Authorizer {
   readonly shadowAllow: readonly CompiledPolicy[];
   /** Whether any policy reads remote.ip / remoteIpBlocks (so X-Forwarded-For must be parsed). */
   readonly needsRemoteIp: boolean;
+  /** Request headers some policy reads: the upstream must receive them as they were authorized. */
+  readonly headers: ReadonlySet<string>;
   readonly all: readonly CompiledPolicy[];
   private readonly denyIndex: RuleIndex;
   private readonly allowIndex: RuleIndex;
@@ -547,6 +560,7 @@ export class Authorizer {
     this.shadowDeny = bucket('DENY', true);
     this.shadowAllow = bucket('ALLOW', true);
     this.needsRemoteIp = policies.some(usesRemoteIp);
+    this.headers = headersRead(policies);
     this.all = [
       ...this.custom,
       ...this.deny,

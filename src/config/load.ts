@@ -14,6 +14,8 @@ export interface Limits {
   readonly keepAliveTimeout: number;
   readonly handshakeTimeout: number;
   readonly maxConnections: number;
+  readonly maxPendingHandshakes: number;
+  readonly maxPendingPerSource: number;
   readonly upstreamConnectTimeout: number;
   readonly upstreamHeadersTimeout: number;
   readonly upstreamBodyTimeout: number;
@@ -28,6 +30,8 @@ export const DEFAULT_LIMITS: Limits = {
   keepAliveTimeout: 30_000,
   handshakeTimeout: 10_000,
   maxConnections: 10_000,
+  maxPendingHandshakes: 256,
+  maxPendingPerSource: 64,
   upstreamConnectTimeout: 3_000,
   upstreamHeadersTimeout: 60_000,
   upstreamBodyTimeout: 60_000,

@@ -85,8 +85,16 @@ export const limitsSchema = z.strictObject({
   keepAliveTimeout: duration.optional(),
   /** Time a client has to finish the TLS handshake. */
   handshakeTimeout: duration.optional(),
-  /** Most client connections open at once per listener; more are refused at accept. */
+  /** Most verified (handed to HTTP) client connections open at once per listener. */
   maxConnections: z.number().int().min(1).optional(),
+  /**
+   * Most connections still in the first-byte sniff, the TLS handshake or the SPIFFE checks, per
+   * listener: a budget apart from maxConnections, so unauthenticated clients never take verified
+   * peers' slots. When it is full the oldest pending connection is closed.
+   */
+  maxPendingHandshakes: z.number().int().min(1).optional(),
+  /** Most pending connections from one source address (an IPv6 /64 counts as one); more are refused. */
+  maxPendingPerSource: z.number().int().min(1).optional(),
   /** Time to connect to the upstream before answering 503. */
   upstreamConnectTimeout: duration.optional(),
   /** Time the upstream has to send response headers before answering 504. */

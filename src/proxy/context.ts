@@ -79,6 +79,8 @@ export class RequestContext implements RequestAttributes, DecisionOut {
   /** Headers the proxy adds upstream, flat [name, value, …]; null when none. */
   addHeaders: string[] | null;
   upstreamStatus: number;
+  /** The client sent `Expect: 100-continue` and waits for 100 Continue before its body. */
+  expectContinue: boolean;
 
   constructor(plan: ListenerPlan, req: IncomingMessage, res: ServerResponse) {
     const socket = req.socket as TLSSocket & PortcullisSocket;
@@ -125,6 +127,7 @@ export class RequestContext implements RequestAttributes, DecisionOut {
     this.dropHeaders = null;
     this.addHeaders = null;
     this.upstreamStatus = 0;
+    this.expectContinue = false;
   }
 
   dropHeader(lowerName: string): void {
@@ -162,6 +165,12 @@ export class RequestContext implements RequestAttributes, DecisionOut {
 
   /** RFC 6750 challenge naming the request URL as realm (what Envoy's jwt_authn sends). */
   bearerChallenge(): string {
-    return `Bearer realm="${this.tls ? 'https' : 'http'}://${this.host}${this.path}"`;
+    return `Bearer realm="${quotedStringContent(`${this.tls ? 'https' : 'http'}://${this.host}${this.path}`)}"`;
   }
+}
+
+/** Escapes `"` and `\\` for an RFC 9110 §5.6.4 quoted-string (the Host is validated; the path may hold either). */
+function quotedStringContent(s: string): string {
+  if (s.indexOf('"') === -1 && s.indexOf('\\') === -1) return s;
+  return s.replace(/["\\]/g, '\\$&');
 }

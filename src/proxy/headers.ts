@@ -22,6 +22,43 @@ const PROXY_SET: ReadonlySet<string> = new Set(['x-forwarded-client-cert', 'x-fo
 
 export const XFCC = 'x-forwarded-client-cert';
 
+/** How many times a header (lowercase name) appears in a raw header list. */
+export function countHeader(raw: readonly string[], lowerName: string): number {
+  let n = 0;
+  const len = lowerName.length;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    if (name.length === len && name.toLowerCase() === lowerName) n++;
+  }
+  return n;
+}
+
+/** What the proxy itself relies on upstream: routing, framing, the request id, the forwarded chain. */
+const ALWAYS_PINNED = ['host', 'content-length', 'x-request-id', 'x-forwarded-for'];
+
+/**
+ * Header names a client's `Connection` header cannot remove from what is forwarded (RFC 9110
+ * §7.6.1 lets it name any field): the ones the proxy relies on, and every header a stage decided
+ * on (token locations, policy conditions, what an external authorizer or Rego saw). Otherwise
+ * `Connection: host` would forward a Host other than the one authorized. Built once per snapshot.
+ */
+export class PinnedHeaders {
+  /** Every header is pinned (a stage reads all of them, e.g. Rego without a header list). */
+  readonly all: boolean;
+  private readonly names: ReadonlySet<string>;
+
+  constructor(names: Iterable<string> = [], all = false) {
+    this.names = new Set([...ALWAYS_PINNED, ...[...names].map((n) => n.toLowerCase())]);
+    this.all = all;
+  }
+
+  has(lowerName: string): boolean {
+    return this.all || this.names.has(lowerName);
+  }
+}
+
+const DEFAULT_PINNED = new PinnedHeaders();
+
 function connectionTokens(value: string | undefined): Set<string> | null {
   if (value === undefined || value === '') return null;
   // The usual values name no other field: answer without splitting (this runs on every response).
@@ -57,6 +94,7 @@ export function upstreamRequestHeaders(
   rawHeaders: readonly string[],
   connection: string | undefined,
   fwd: ForwardedFor,
+  pinned: PinnedHeaders = DEFAULT_PINNED,
 ): string[] {
   const listed = connectionTokens(connection);
   const out: string[] = [];
@@ -65,7 +103,7 @@ export function upstreamRequestHeaders(
     const name = rawHeaders[i] as string;
     const lower = name.toLowerCase();
     if (HOP_BY_HOP.has(lower) || PROXY_SET.has(lower)) continue;
-    if (listed?.has(lower) || fwd.dropHeaders?.includes(lower)) continue;
+    if ((listed?.has(lower) && !pinned.has(lower)) || fwd.dropHeaders?.includes(lower)) continue;
     const value = rawHeaders[i + 1] as string;
     if (lower === 'x-forwarded-for') {
       xff = xff === '' ? value : `${xff}, ${value}`;

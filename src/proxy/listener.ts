@@ -6,6 +6,7 @@ import tls from 'node:tls';
 import type { Logger } from 'pino';
 import type { ListenerConfig } from '../config/load.js';
 import { PeerError, verifyPeer } from '../identity/verify-peer.js';
+import { PendingConnections } from '../transport/pending.js';
 import { kPeer, kXfcc, type PortcullisSocket, RequestContext } from './context.js';
 import { xfccElement } from './headers.js';
 import { runStages } from './pipeline.js';
@@ -15,12 +16,15 @@ import { abortUpstream } from './upstream.js';
 const kListener = Symbol('portcullis.listener');
 const kContext = Symbol('portcullis.context');
 const kHandedOff = Symbol('portcullis.handedOff');
+/** Set on a raw socket closed by the pending deadline, so the TLS error that follows is not counted again. */
+const kTimedOut = Symbol('portcullis.timedOut');
 /** First byte of a TLS record carrying a handshake (RFC 8446 §5.1, ContentType handshake = 22). */
 const TLS_HANDSHAKE = 0x16;
 
 interface Tagged {
   [kListener]?: InboundListener;
   [kHandedOff]?: boolean;
+  [kTimedOut]?: boolean;
 }
 
 /** Counters a listener keeps; the metrics endpoint reads them. */
@@ -33,7 +37,37 @@ export class ListenerStats {
   readonly tlsFailures = new Map<string, number>();
   /** Verified-by-OpenSSL peers that the SPIFFE checks refused, by reason. */
   readonly peersRejected = new Map<string, number>();
+  /**
+   * Connections closed by a limit before they carried a request: `handshake-timeout`,
+   * `pending-per-source`, `pending-evicted` (the oldest pending one, when the budget was full),
+   * `connection-limit` (verified, but maxConnections were open).
+   */
+  readonly refused = new Map<string, number>();
+  /** Connections in the sniff, the TLS handshake or the SPIFFE checks now. */
+  pending = 0;
+  /** Connections handed to HTTP (verified peers, or plaintext where the mode allows it) now. */
+  active = 0;
 }
+
+/** What a request the parser refused is answered with: fixed bytes, made once. */
+class ClientErrorReply {
+  readonly status: number;
+  readonly reason: string;
+  readonly bytes: Buffer;
+
+  constructor(status: number, reason: string) {
+    this.status = status;
+    this.reason = reason;
+    this.bytes = Buffer.from(
+      `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`,
+      'latin1',
+    );
+  }
+}
+
+const CLIENT_ERROR_400 = new ClientErrorReply(400, 'bad-request');
+const CLIENT_ERROR_408 = new ClientErrorReply(408, 'request-timeout');
+const CLIENT_ERROR_431 = new ClientErrorReply(431, 'header-too-large');
 
 function count(map: Map<string, number>, key: string): void {
   map.set(key, (map.get(key) ?? 0) + 1);
@@ -61,6 +95,10 @@ export class InboundListener {
   private readonly tls: tls.Server;
   private readonly httpConnection: (socket: Duplex) => void;
   private readonly sockets = new Set<Socket>();
+  private readonly pending: PendingConnections;
+  /** Reused out-parameter of PendingConnections.admit (no object per connection). */
+  private readonly evicted: { socket: Socket | null } = { socket: null };
+  private lastRefusalWarning = 0;
 
   constructor(config: ListenerConfig, plan: ListenerPlan, log: Logger) {
     this.config = config;
@@ -81,13 +119,25 @@ export class InboundListener {
       },
       onRequest,
     );
-    this.http.maxConnections = limits.maxConnections;
+    // A hard ceiling Node applies before any JavaScript object exists for the connection; the
+    // pending and verified budgets below are what normally decide.
+    this.http.maxConnections = limits.maxConnections + limits.maxPendingHandshakes;
+    this.pending = new PendingConnections(
+      limits.maxPendingHandshakes,
+      limits.maxPendingPerSource,
+      limits.handshakeTimeout,
+      onPendingDeadline,
+    );
     const handlers = this.http.listeners('connection');
     if (handlers.length !== 1)
       throw new Error('unexpected http.Server internals: expected one connection listener');
     this.httpConnection = handlers[0] as (socket: Duplex) => void;
     this.http.removeAllListeners('connection');
     this.http.on('connection', onConnection);
+    this.http.on('clientError', onClientError);
+    // Without a listener Node answers `Expect: 100-continue` at once, inviting the body of a
+    // request that may be refused; the proxy sends 100 Continue only when it forwards.
+    this.http.on('checkContinue', onCheckContinue);
     (this.http as http.Server & Tagged)[kListener] = this;
 
     this.tls = tls.createServer({
@@ -95,7 +145,9 @@ export class InboundListener {
       requestCert: true,
       rejectUnauthorized: true,
       ALPNProtocols: ['http/1.1'],
-      handshakeTimeout: limits.handshakeTimeout,
+      // The pending deadline (from accept, covering sniff, handshake and SPIFFE checks) replaces
+      // Node's handshake timer, which only reports and never closes the socket.
+      handshakeTimeout: 0,
     });
     (this.tls as tls.Server & Tagged)[kListener] = this;
     this.tls.on('secureConnection', onSecureConnection);
@@ -171,17 +223,68 @@ export class InboundListener {
       socket.destroy();
       return;
     }
+    // http.Server sockets are half-open by default, and a TLS socket built on one inherits it: a
+    // client that hangs up mid-handshake would leave our side open. Hang up with it.
+    socket.allowHalfOpen = false;
+    const refusal = this.pending.admit(socket, this.evicted);
+    const evicted = this.evicted.socket;
+    if (evicted !== null) {
+      this.evicted.socket = null;
+      this.stats.pending--;
+      this.refuse(evicted, 'pending-evicted');
+    }
+    if (refusal !== '') {
+      this.refuse(socket, refusal);
+      return;
+    }
+    this.stats.pending++;
     const mode = this.plan.mode;
     if (mode === 'STRICT') {
       this.tls.emit('connection', socket);
     } else if (mode === 'DISABLE') {
       this.handOff(socket);
     } else {
-      // PERMISSIVE: wait for the first byte without consuming it, then route.
-      socket.setTimeout(this.config.limits.handshakeTimeout, onSniffTimeout);
+      // PERMISSIVE: wait for the first byte without consuming it, then route. The pending
+      // deadline covers the wait.
       socket.on('error', onSniffError);
       socket.once('readable', onSniffReadable);
     }
+  }
+
+  /** Closes a connection a limit refused, counting it; a warning at most every 10 s says limits bite. */
+  private refuse(socket: Socket, reason: string): void {
+    count(this.stats.refused, reason);
+    socket.destroy();
+    const now = Date.now();
+    if (now - this.lastRefusalWarning >= 10_000) {
+      this.lastRefusalWarning = now;
+      this.log.warn(
+        {
+          listener: this.name,
+          reason,
+          remote: socket.remoteAddress,
+          refused: Object.fromEntries(this.stats.refused),
+        },
+        'connection limits are closing connections (counts in /metrics: portcullis_connections_refused_total)',
+      );
+    }
+  }
+
+  /** The pending deadline passed: the client did not finish sniff, handshake and checks in time. */
+  pendingExpired(socket: Socket): void {
+    if (!this.pending.has(socket)) return;
+    this.pending.settle(socket);
+    this.stats.pending--;
+    (socket as Socket & Tagged)[kTimedOut] = true;
+    count(this.stats.refused, 'handshake-timeout');
+    this.plan.observer.peerRefused(
+      this.name,
+      'handshake-timeout',
+      `no verified handshake within ${this.config.limits.handshakeTimeout} ms`,
+      socket.remoteAddress ?? '',
+      socket.remotePort ?? 0,
+    );
+    socket.destroy();
   }
 
   routeSniffed(socket: Socket): void {
@@ -193,7 +296,6 @@ export class InboundListener {
       return;
     }
     socket.unshift(chunk);
-    socket.setTimeout(0);
     socket.off('error', onSniffError);
     if (chunk[0] === TLS_HANDSHAKE) this.tls.emit('connection', socket);
     else this.handOff(socket);
@@ -227,13 +329,27 @@ export class InboundListener {
     this.handOff(socket);
   }
 
+  /** The connection has proved what it must (or the mode asks nothing): it leaves the pending budget for HTTP. */
   private handOff(socket: Duplex): void {
-    const raw = (socket as tls.TLSSocket & { _parent?: Socket })._parent ?? socket;
+    const raw = (socket as tls.TLSSocket & { _parent?: Socket })._parent ?? (socket as Socket);
+    if (this.pending.has(raw)) {
+      this.pending.settle(raw);
+      this.stats.pending--;
+    }
+    if (this.stats.active >= this.config.limits.maxConnections) {
+      this.refuse(socket as Socket, 'connection-limit');
+      return;
+    }
+    this.stats.active++;
     (raw as Socket & Tagged)[kHandedOff] = true;
     this.httpConnection.call(this.http, socket);
   }
 
   tlsFailed(err: Error & { code?: string }, socket: tls.TLSSocket | undefined): void {
+    const raw = (socket as (tls.TLSSocket & { _parent?: Socket & Tagged }) | undefined)?._parent;
+    // Node reports and leaves the socket open: close it (and with it the raw socket).
+    socket?.destroy();
+    if (raw?.[kTimedOut] === true) return; // the deadline closed it, and counted it
     const code = err.code ?? 'unknown';
     count(this.stats.tlsFailures, code);
     this.plan.observer.peerRefused(
@@ -246,8 +362,57 @@ export class InboundListener {
     this.log.debug({ listener: this.name, code, message: err.message }, 'TLS handshake failed');
   }
 
+  /**
+   * A request Node's parser refused (malformed, head too large, head too slow): answered here with
+   * a fixed reply and recorded as a deny. Never logs the offending bytes (`err.rawPacket`).
+   */
+  clientError(err: Error & { code?: string }, socket: Duplex): void {
+    const code = err.code ?? '';
+    const s = socket as Socket & PortcullisSocket & { _httpMessage?: http.ServerResponse | null };
+    if (code === 'ECONNRESET' || code === 'EPIPE' || !s.writable) {
+      // The client went away: nothing to answer and nothing that was a request.
+      s.destroy();
+      return;
+    }
+    const reply =
+      code === 'HPE_HEADER_OVERFLOW'
+        ? CLIENT_ERROR_431
+        : code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? CLIENT_ERROR_408
+          : CLIENT_ERROR_400;
+    const peer = s[kPeer] ?? null;
+    this.plan.observer.clientError(
+      this.name,
+      reply.status,
+      reply.reason,
+      peer === null ? '' : peer.spiffeId.principal,
+      s.remoteAddress ?? '',
+      s.remotePort ?? 0,
+      (s as Partial<tls.TLSSocket>).encrypted === true,
+    );
+    this.log.debug(
+      { listener: this.name, code, reason: reply.reason, remote: s.remoteAddress },
+      'request refused by the HTTP parser',
+    );
+    // A response already under way (a pipelined request behind it went bad) cannot be followed by
+    // a clean reply: just close.
+    const pending = s._httpMessage;
+    if (pending !== undefined && pending !== null && pending.headersSent) {
+      s.destroy();
+      return;
+    }
+    s.write(reply.bytes);
+    s.destroySoon();
+  }
+
   untrack(socket: Socket): void {
     this.sockets.delete(socket);
+    if (this.pending.has(socket)) {
+      this.pending.settle(socket);
+      this.stats.pending--;
+    } else if ((socket as Socket & Tagged)[kHandedOff] === true) {
+      this.stats.active--;
+    }
   }
 }
 
@@ -276,8 +441,8 @@ function onSniffReadable(this: Socket & Tagged): void {
   (this[kListener] as InboundListener).routeSniffed(this);
 }
 
-function onSniffTimeout(this: Socket): void {
-  this.destroy();
+function onPendingDeadline(socket: Socket & Tagged): void {
+  socket[kListener]?.pendingExpired(socket);
 }
 
 function onSniffError(this: Socket): void {
@@ -296,11 +461,32 @@ function onTlsClientError(this: tls.Server & Tagged, err: Error, socket: tls.TLS
   (this[kListener] as InboundListener).tlsFailed(err, socket);
 }
 
+function onClientError(this: http.Server & Tagged, err: Error, socket: Duplex): void {
+  (this[kListener] as InboundListener).clientError(err, socket);
+}
+
 function onRequest(this: http.Server & Tagged, req: http.IncomingMessage, res: http.ServerResponse): void {
-  const listener = this[kListener] as InboundListener;
+  startRequest(this[kListener] as InboundListener, req, res, false);
+}
+
+function onCheckContinue(
+  this: http.Server & Tagged,
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+): void {
+  startRequest(this[kListener] as InboundListener, req, res, true);
+}
+
+function startRequest(
+  listener: InboundListener,
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  expectContinue: boolean,
+): void {
   listener.stats.requests++;
   if (listener.closing) res.shouldKeepAlive = false;
   const ctx = new RequestContext(listener.plan, req, res);
+  ctx.expectContinue = expectContinue;
   (res as http.ServerResponse & { [kContext]?: RequestContext })[kContext] = ctx;
   res.once('close', onResponseClose);
   runStages(ctx, 0);

@@ -1,4 +1,4 @@
-import type { ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 
 /**
  * A response the proxy makes itself (Envoy's "local reply"). Bodies and headers are built once at
@@ -52,6 +52,23 @@ export function sendLocalReply(res: ServerResponse, reply: LocalReply, challenge
     return;
   }
   if (challenge !== '') res.setHeader('www-authenticate', challenge);
+  // Answered before the request body ended (a refusal, an upstream failure): do not read the
+  // rest of it. `Connection: close` makes Node end the connection once the reply is written,
+  // instead of draining the whole body to keep the connection alive — so a refused client cannot
+  // stream into the proxy until requestTimeout.
+  const req = res.req;
+  if (!req.complete && declaresBody(req)) res.setHeader('connection', 'close');
   res.writeHead(reply.status, reply.headers);
   res.end(reply.body);
 }
+
+/** Whether the request says a body follows (Content-Length above 0, or Transfer-Encoding). */
+export function declaresBody(req: IncomingMessage): boolean {
+  const h = req.headers;
+  return (
+    h['transfer-encoding'] !== undefined || (h['content-length'] !== undefined && h['content-length'] !== '0')
+  );
+}
+
+/** `OPTIONS *` asks about the server, not a resource: after authorization the proxy answers it. */
+export const REPLY_OPTIONS_ASTERISK = new LocalReply(200, 'options-asterisk', Buffer.alloc(0));

@@ -28,7 +28,21 @@ export class RequestObserver {
       authorized ? ctx.authzMs * 1000 : 0,
       upstream,
     );
-    this.audit?.recordRequest(ctx, listener, authorized, deny, reason);
+    this.audit?.recordRequest(ctx, listener, authorized, deny, reason, ctx.plan.tokenParams);
+  }
+
+  /** A request the HTTP parser refused (see listener.ts onClientError): always a deny. */
+  clientError(
+    listener: string,
+    status: number,
+    reason: string,
+    principal: string,
+    address: string,
+    port: number,
+    tls: boolean,
+  ): void {
+    this.metrics.request(listener, 'deny', reason, status, 0, -1);
+    this.audit?.recordClientError(listener, status, reason, principal, address, port, tls);
   }
 
   peerRefused(listener: string, reason: string, detail: string, address: string, port: number): void {

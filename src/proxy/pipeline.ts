@@ -1,5 +1,5 @@
 import type { RequestContext } from './context.js';
-import { LocalReply, sendLocalReply } from './local-reply.js';
+import { LocalReply, REPLY_OPTIONS_ASTERISK, sendLocalReply } from './local-reply.js';
 import type { StageResult } from './plan.js';
 
 /**
@@ -28,7 +28,9 @@ export function runStages(ctx: RequestContext, from: number): void {
     );
     return;
   }
-  ctx.plan.upstream.forward(ctx);
+  // undici sends origin-form targets only; the asterisk form is answered here (after the stages).
+  if (ctx.forwardTarget === '*') reply(ctx, REPLY_OPTIONS_ASTERISK);
+  else ctx.plan.upstream.forward(ctx);
 }
 
 export function reply(ctx: RequestContext, r: LocalReply): void {

@@ -1,5 +1,6 @@
 import type { EffectiveMode } from '../authn/peer-authn.js';
 import type { RequestContext } from './context.js';
+import type { PinnedHeaders } from './headers.js';
 import type { LocalReply } from './local-reply.js';
 import type { RequestObserver } from './observer.js';
 import type { Snapshot } from './snapshot.js';
@@ -32,26 +33,24 @@ export class ListenerPlan {
   /** Whether an authorization stage is in the plan (some AuthorizationPolicy applies). */
   readonly authorized: boolean;
   readonly observer: RequestObserver;
+  /** Headers a client's Connection header cannot remove (what the stages decided on). */
+  readonly pinned: PinnedHeaders;
+  /** Query parameters that carry tokens: redacted wherever a query is recorded. */
+  readonly tokenParams: ReadonlySet<string>;
 
-  constructor(
-    snapshot: Snapshot,
-    mode: EffectiveMode,
-    modeSource: string,
-    stages: readonly Stage[],
-    upstream: Upstream,
-    workloadPort: number,
-    listenerName: string,
-    authorized: boolean,
-    observer: RequestObserver,
-  ) {
-    this.snapshot = snapshot;
-    this.workloadPort = workloadPort;
-    this.listenerName = listenerName;
-    this.authorized = authorized;
-    this.observer = observer;
-    this.mode = mode;
-    this.modeSource = modeSource;
-    this.stages = stages;
-    this.upstream = upstream;
+  constructor(init: ListenerPlanInit) {
+    this.snapshot = init.snapshot;
+    this.mode = init.mode;
+    this.modeSource = init.modeSource;
+    this.stages = init.stages;
+    this.upstream = init.upstream;
+    this.workloadPort = init.workloadPort;
+    this.listenerName = init.listenerName;
+    this.authorized = init.authorized;
+    this.observer = init.observer;
+    this.pinned = init.pinned;
+    this.tokenParams = init.tokenParams;
   }
 }
+
+export type ListenerPlanInit = { readonly [K in keyof ListenerPlan]: ListenerPlan[K] };

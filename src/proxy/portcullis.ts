@@ -9,6 +9,7 @@ import { formatHostPort } from '../config/address.js';
 import type { Config, ListenerConfig } from '../config/load.js';
 import { FolderWatcher } from '../config/watch.js';
 import { ConfigError, errorMessage } from '../errors.js';
+import { PinnedHeaders } from './headers.js';
 import { InboundListener } from './listener.js';
 import { RequestObserver } from './observer.js';
 import { ListenerPlan, type Stage } from './plan.js';
@@ -166,17 +167,28 @@ export class Portcullis implements AdminStatus {
     if (authz !== null) stages.push(authz);
     const rego = snapshot.rego.get(lc.name);
     if (rego !== undefined) stages.push(new RegoStage(rego, snapshot.xfccBy, this.log));
-    return new ListenerPlan(
+    // What the stages decide on must reach the upstream as it was decided on.
+    const pinned: string[] = [...(jwt?.tokenHeaders ?? []), ...(authz?.authorizer.headers ?? [])];
+    if (authz !== null && authz.authorizer.custom.length > 0) {
+      pinned.push('authorization');
+      for (const p of this.extAuthz.values()) pinned.push(...p.provider.includeRequestHeaders);
+    }
+    const regoHeaders = lc.rego?.headers;
+    if (regoHeaders !== undefined && regoHeaders !== null) pinned.push(...regoHeaders);
+    return new ListenerPlan({
       snapshot,
-      decision.mode,
-      decision.source,
+      mode: decision.mode,
+      modeSource: decision.source,
       stages,
       upstream,
-      lc.workloadPort,
-      lc.name,
-      authz !== null || rego !== undefined,
-      this.observer,
-    );
+      workloadPort: lc.workloadPort,
+      listenerName: lc.name,
+      authorized: authz !== null || rego !== undefined,
+      observer: this.observer,
+      pinned: new PinnedHeaders(pinned, rego !== undefined && regoHeaders === null),
+      // access_token is a token wherever it appears, whatever the rules say.
+      tokenParams: new Set(['access_token', ...(jwt?.tokenParams ?? [])]),
+    });
   }
 
   private watch(): void {

@@ -150,6 +150,18 @@ export function loadSnapshot(config: Config, generation: number, log?: Logger): 
     if (appliesTo(ra.meta.namespace, ra.selector, config.workload, config.rootNamespace))
       jwtRules.push(...ra.rules);
   }
+  // Tokens never reach the audit log: a header some rule reads tokens from cannot be recorded.
+  // Checked here, not in the config schema, because the rules come from policies that reload.
+  config.audit?.headers.forEach((h, i) => {
+    const rule = jwtRules.find((r) => r.fromHeaders.some((l) => l.name === h));
+    if (rule !== undefined) {
+      issues.push({
+        file: config.file,
+        field: `audit.headers[${i}]`,
+        message: `${h} carries tokens (${rule.source} reads them from it); tokens are never recorded`,
+      });
+    }
+  });
   const authorizer = Authorizer.forWorkload(
     policies.authorizationPolicies,
     config.workload,

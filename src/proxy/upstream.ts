@@ -6,6 +6,7 @@ import type { Limits } from '../config/load.js';
 import type { RequestContext } from './context.js';
 import { upstreamRequestHeaders, upstreamResponseHeaders } from './headers.js';
 import {
+  declaresBody,
   type LocalReply,
   REPLY_UPSTREAM_ERROR,
   REPLY_UPSTREAM_TIMEOUT,
@@ -15,10 +16,7 @@ import {
 
 /** Methods whose requests carry no body unless they say so with Content-Length or Transfer-Encoding. */
 function hasBody(ctx: RequestContext): boolean {
-  const h = ctx.headers;
-  return (
-    h['transfer-encoding'] !== undefined || (h['content-length'] !== undefined && h['content-length'] !== '0')
-  );
+  return declaresBody(ctx.req);
 }
 
 /** Maps an undici failure before response headers to the reply a client should get. */
@@ -66,8 +64,10 @@ export class Upstream {
   }
 
   forward(ctx: RequestContext): void {
-    const headers = upstreamRequestHeaders(ctx.req.rawHeaders, ctx.headers.connection, ctx);
+    const headers = upstreamRequestHeaders(ctx.req.rawHeaders, ctx.headers.connection, ctx, ctx.plan.pinned);
     ctx.upstreamStart = performance.now();
+    // The client waits for this before it sends the body: only now, once the request is allowed.
+    if (ctx.expectContinue) ctx.res.writeContinue();
     // undici's dispatch with a handler object: the response goes straight from the upstream's
     // parser into the client's response, without the stream wrappers of request()/stream().
     this.pool.dispatch(

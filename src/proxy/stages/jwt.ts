@@ -10,7 +10,8 @@ import {
 } from '../../authn/jwt.js';
 import type { JwtRule } from '../../istio/request-authentication.js';
 import type { RequestContext } from '../context.js';
-import { LocalReply } from '../local-reply.js';
+import { countHeader } from '../headers.js';
+import { LocalReply, REPLY_BAD_REQUEST } from '../local-reply.js';
 import type { Stage, StageResult } from '../plan.js';
 
 // Envoy jwt_authn's local replies, so that clients and dashboards that know a mesh see the same.
@@ -82,6 +83,10 @@ export class JwtStage implements Stage {
   /** Headers the proxy writes from tokens; whatever a client sends under these names is dropped. */
   readonly outputHeaders: ReadonlySet<string>;
   readonly sources: ReadonlySet<JwksSource>;
+  /** Request headers tokens are read from (`cookie` when a rule reads cookies). */
+  readonly tokenHeaders: ReadonlySet<string>;
+  /** Query parameters tokens are read from. */
+  readonly tokenParams: ReadonlySet<string>;
   private readonly log: Logger;
 
   constructor(rules: readonly JwtRule[], registry: JwksRegistry, opts: JwtStageOptions, log: Logger) {
@@ -126,6 +131,15 @@ export class JwtStage implements Stage {
     this.locations = [...byKey.values()];
     this.outputHeaders = outputs;
     this.sources = sources;
+    const headers = new Set<string>();
+    const params = new Set<string>();
+    for (const l of this.locations) {
+      if (l.kind === LocationKind.Header) headers.add(l.name);
+      else if (l.kind === LocationKind.Param) params.add(l.name);
+      else headers.add('cookie');
+    }
+    this.tokenHeaders = headers;
+    this.tokenParams = params;
   }
 
   run(ctx: RequestContext): StageResult | Promise<StageResult> {
@@ -146,6 +160,8 @@ export class JwtStage implements Stage {
       const token = extract(ctx, location);
       if (token === null) continue;
       if (token === INVALID) return REPLY_JWT_INVALID;
+      // Two credentials where one is read: whichever is verified, the other would travel on.
+      if (token === DUPLICATE) return REPLY_BAD_REQUEST;
       if (firstToken === null) {
         firstToken = token;
         firstLocation = location;
@@ -233,46 +249,88 @@ export class JwtStage implements Stage {
 }
 
 const INVALID = '\u0000invalid';
+const DUPLICATE = '\u0000duplicate';
 
-function headerValue(ctx: RequestContext, name: string): string | undefined {
-  const v = ctx.headers[name];
-  return Array.isArray(v) ? v.join(', ') : v;
-}
-
-/** The token at a location: null when there is none, INVALID when there is one that cannot be a token. */
+/**
+ * The token at a location: null when there is none, INVALID when there is one that cannot be a
+ * token, DUPLICATE when the location is given twice (two headers, parameters or cookies of the
+ * name). Node keeps the first `authorization` and joins other repeated headers, so headers are
+ * counted on the raw list.
+ */
 function extract(ctx: RequestContext, l: TokenLocation): string | null {
   let raw: string | undefined;
   if (l.kind === LocationKind.Header) {
-    raw = headerValue(ctx, l.name);
-    if (raw === undefined) return null;
+    const v = ctx.headers[l.name];
+    if (v === undefined) return null;
+    if (Array.isArray(v) || countHeader(ctx.req.rawHeaders, l.name) > 1) return DUPLICATE;
+    if (l.lenientPrefix) return bearerToken(v);
     if (l.prefix !== '') {
-      const has = l.lenientPrefix
-        ? raw.length > l.prefix.length &&
-          raw.slice(0, l.prefix.length).toLowerCase() === l.prefix.toLowerCase()
-        : raw.startsWith(l.prefix);
-      if (!has) return l.lenientPrefix ? null : INVALID;
-      raw = raw.slice(l.prefix.length);
+      if (!v.startsWith(l.prefix)) return INVALID;
+      raw = v.slice(l.prefix.length);
+    } else {
+      raw = v;
     }
     raw = raw.trim();
   } else if (l.kind === LocationKind.Param) {
     raw = queryParam(ctx.query, l.name);
     if (raw === undefined) return null;
   } else {
-    raw = cookie(headerValue(ctx, 'cookie'), l.name);
+    const h = ctx.headers.cookie;
+    raw = cookie(Array.isArray(h) ? h.join('; ') : h, l.name);
     if (raw === undefined) return null;
   }
   return raw === '' ? INVALID : raw;
 }
 
+/**
+ * `Authorization: Bearer <token>` as RFC 7235 §2.1 and RFC 6750 §2.1 write it: the scheme
+ * (any case), one or more spaces, the token. Another scheme (Basic, …) is not a token location;
+ * a Bearer credential written any other way (a tab, a comma, nothing after it) is refused rather
+ * than passed on unverified.
+ */
+function bearerToken(v: string): string | null {
+  let i = 0;
+  while (i < v.length && isTchar(v.charCodeAt(i))) i++;
+  if (i !== 6 || v.slice(0, 6).toLowerCase() !== 'bearer') return null;
+  if (v.charCodeAt(6) !== 32) return INVALID;
+  i = 7;
+  while (v.charCodeAt(i) === 32) i++;
+  const token = v.slice(i).trimEnd();
+  return token === '' ? INVALID : token;
+}
+
+/** RFC 9110 §5.6.2 tchar. */
+function isTchar(c: number): boolean {
+  return (
+    (c >= 97 && c <= 122) ||
+    (c >= 65 && c <= 90) ||
+    (c >= 48 && c <= 57) ||
+    c === 33 ||
+    (c >= 35 && c <= 39) ||
+    c === 42 ||
+    c === 43 ||
+    c === 45 ||
+    c === 46 ||
+    c === 94 ||
+    c === 95 ||
+    c === 96 ||
+    c === 124 ||
+    c === 126
+  );
+}
+
+/** The parameter's value; DUPLICATE when it is given twice (under any encoding of its name). */
 function queryParam(query: string, name: string): string | undefined {
-  if (query === '') return undefined;
+  if (query === '' || (query.indexOf(name.charAt(0)) === -1 && query.indexOf('%') === -1)) return undefined;
+  let found: string | undefined;
   for (const pair of query.split('&')) {
     const eq = pair.indexOf('=');
     const key = eq === -1 ? pair : pair.slice(0, eq);
     if (safeDecode(key) !== name) continue;
-    return eq === -1 ? '' : safeDecode(pair.slice(eq + 1).replaceAll('+', ' '));
+    if (found !== undefined) return DUPLICATE;
+    found = eq === -1 ? '' : safeDecode(pair.slice(eq + 1).replaceAll('+', ' '));
   }
-  return undefined;
+  return found;
 }
 
 function safeDecode(s: string): string {
@@ -283,14 +341,18 @@ function safeDecode(s: string): string {
   }
 }
 
+/** The cookie's value; DUPLICATE when the name appears twice. */
 function cookie(header: string | undefined, name: string): string | undefined {
   if (header === undefined) return undefined;
+  let found: string | undefined;
   for (const part of header.split(';')) {
     const eq = part.indexOf('=');
     if (eq === -1) continue;
-    if (part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
+    if (part.slice(0, eq).trim() !== name) continue;
+    if (found !== undefined) return DUPLICATE;
+    found = part.slice(eq + 1).trim();
   }
-  return undefined;
+  return found;
 }
 
 /** forwardOriginalToken: false — the token does not travel upstream (a cookie is left in place, as Envoy does). */
@@ -299,14 +361,26 @@ function removeToken(ctx: RequestContext, l: TokenLocation): void {
   else if (l.kind === LocationKind.Param) ctx.removeQueryParam(l.name);
 }
 
-/** A claim (nested by path) as a header value: strings, numbers and booleans only. */
+/**
+ * A claim (nested by path) as a header value: strings, numbers and booleans only. A value that is
+ * not printable ASCII (non-Latin-1 text, control characters such as CR LF) is sent
+ * percent-encoded (encodeURIComponent, UTF-8), so it can neither fail the request nor inject a header.
+ */
 function claimValue(payload: Readonly<Record<string, unknown>>, path: readonly string[]): string | null {
   let v: unknown = payload;
   for (const p of path) {
     if (v === null || typeof v !== 'object' || Array.isArray(v)) return null;
     v = (v as Record<string, unknown>)[p];
   }
-  if (typeof v === 'string') return v;
+  if (typeof v === 'string') return isPrintableAscii(v) ? v : encodeURIComponent(v);
   if (typeof v === 'number' || typeof v === 'boolean') return String(v);
   return null;
+}
+
+function isPrintableAscii(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x20 || c > 0x7e) return false;
+  }
+  return true;
 }

@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
+import { isIPv6 } from 'node:net';
 import { normalizePath, type PathNormalization } from '../../authz/normalize.js';
 import type { RequestContext } from '../context.js';
+import { countHeader } from '../headers.js';
 import { REPLY_BAD_REQUEST } from '../local-reply.js';
 import type { Stage, StageResult } from '../plan.js';
 
@@ -32,6 +34,10 @@ export class RequestLineStage implements Stage {
     const host = ctx.headers.host;
     ctx.host = host === undefined ? '' : host.toLowerCase();
     if (!isUpperToken(ctx.method)) return REPLY_BAD_REQUEST;
+    // Exactly one valid Host (RFC 9112 §3.2): HTTP/1.0 may omit it, but what is authorized on
+    // `hosts` must be what the upstream routes on, and Node keeps only the first of two.
+    if (host === undefined || countHeader(ctx.req.rawHeaders, 'host') !== 1 || !isHostHeader(host))
+      return REPLY_BAD_REQUEST;
     if (url === '*' && ctx.method === 'OPTIONS') {
       ctx.path = '*';
       ctx.forwardTarget = url;
@@ -64,6 +70,64 @@ function isRequestId(id: string): boolean {
     if (!ok) return false;
   }
   return true;
+}
+
+/**
+ * RFC 3986 §3.2.2 host (reg-name, IPv4 or a bracketed IPv6 literal) with an optional port
+ * (1–5 digits, at most 65535); an empty host is refused (RFC 9110 §4.2.1).
+ */
+export function isHostHeader(v: string): boolean {
+  const end = v.length;
+  let i = 0;
+  if (v.charCodeAt(0) === 91 /* [ */) {
+    const close = v.indexOf(']');
+    if (close === -1 || !isIPv6(v.slice(1, close))) return false;
+    i = close + 1;
+    if (i < end && v.charCodeAt(i) !== 58 /* : */) return false;
+  } else {
+    for (; i < end; i++) {
+      const c = v.charCodeAt(i);
+      if (c === 58) break;
+      if (c === 37 /* % */) {
+        if (!isHex(v.charCodeAt(i + 1)) || !isHex(v.charCodeAt(i + 2))) return false;
+        i += 2;
+      } else if (!isRegNameChar(c)) return false;
+    }
+    if (i === 0) return false;
+  }
+  if (i === end) return true;
+  // ':' port
+  const digits = end - i - 1;
+  if (digits < 1 || digits > 5) return false;
+  let port = 0;
+  for (i++; i < end; i++) {
+    const c = v.charCodeAt(i);
+    if (c < 48 || c > 57) return false;
+    port = port * 10 + (c - 48);
+  }
+  return port <= 65535;
+}
+
+function isHex(c: number): boolean {
+  return (c >= 48 && c <= 57) || (c >= 65 && c <= 70) || (c >= 97 && c <= 102);
+}
+
+/** unreserved / sub-delims (RFC 3986 §2.2, §2.3). */
+function isRegNameChar(c: number): boolean {
+  return (
+    (c >= 97 && c <= 122) ||
+    (c >= 65 && c <= 90) ||
+    (c >= 48 && c <= 57) ||
+    c === 45 || // -
+    c === 46 || // .
+    c === 95 || // _
+    c === 126 || // ~
+    c === 33 || // !
+    c === 36 || // $
+    (c >= 38 && c <= 44) || // & ' ( ) * + ,
+    c === 59 || // ;
+    c === 61 // =
+  );
 }
 
 function isUpperToken(m: string): boolean {

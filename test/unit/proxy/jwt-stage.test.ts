@@ -30,11 +30,12 @@ function rule(jwks: string, extra: Partial<JwtRule> = {}): JwtRule {
 
 /** A request as Node's HTTP server would hand it over (only the fields the context reads). */
 function context(url: string, headers: Record<string, string>): RequestContext {
+  const all: Record<string, string> = { host: 'api.example', ...headers };
   const req = {
     method: 'GET',
     url,
-    headers: { host: 'api.example', ...headers },
-    rawHeaders: [],
+    headers: all,
+    rawHeaders: Object.entries(all).flat(),
     socket: { remoteAddress: '127.0.0.1' },
   };
   const ctx = new RequestContext(

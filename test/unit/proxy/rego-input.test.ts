@@ -49,12 +49,13 @@ function sameShape(ref: unknown, actual: unknown, at = 'input'): string[] {
 }
 
 describe('the Rego input document', () => {
+  const headers = { host: 'shop.example:8443', accept: '*/*', authorization: 'Bearer x', 'x-user': 'u' };
   const req = {
     method: 'GET',
     url: '/api/v1/products?limit=2&tag=a&tag=b',
     httpVersion: '1.1',
-    headers: { host: 'shop.example:8443', accept: '*/*', authorization: 'Bearer x', 'x-user': 'u' },
-    rawHeaders: [],
+    headers,
+    rawHeaders: Object.entries(headers).flat(),
     socket: {
       remoteAddress: '172.17.0.10',
       remotePort: 36472,
