@@ -35,6 +35,7 @@ const DENY_REASONS: ReadonlySet<string> = new Set([
   'bad-request',
   'header-too-large',
   'request-timeout',
+  'method-not-allowed',
   'jwt-invalid',
   'jwt-audience',
   'rbac-denied',

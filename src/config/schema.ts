@@ -83,7 +83,7 @@ export const limitsSchema = z.strictObject({
   requestTimeout: duration.optional(),
   /** How long an idle keep-alive connection from a client stays open. */
   keepAliveTimeout: duration.optional(),
-  /** Time a client has to finish the TLS handshake. */
+  /** Deadline from accept to a verified peer: first byte (PERMISSIVE), TLS handshake, SPIFFE checks. */
   handshakeTimeout: duration.optional(),
   /** Most verified (handed to HTTP) client connections open at once per listener. */
   maxConnections: z.number().int().min(1).optional(),

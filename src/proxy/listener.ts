@@ -68,6 +68,7 @@ class ClientErrorReply {
 const CLIENT_ERROR_400 = new ClientErrorReply(400, 'bad-request');
 const CLIENT_ERROR_408 = new ClientErrorReply(408, 'request-timeout');
 const CLIENT_ERROR_431 = new ClientErrorReply(431, 'header-too-large');
+const CLIENT_ERROR_405 = new ClientErrorReply(405, 'method-not-allowed');
 
 function count(map: Map<string, number>, key: string): void {
   map.set(key, (map.get(key) ?? 0) + 1);
@@ -138,6 +139,9 @@ export class InboundListener {
     // Without a listener Node answers `Expect: 100-continue` at once, inviting the body of a
     // request that may be refused; the proxy sends 100 Continue only when it forwards.
     this.http.on('checkContinue', onCheckContinue);
+    // CONNECT asks for a tunnel, which a reverse proxy does not open; without a listener Node
+    // would drop the connection without an answer.
+    this.http.on('connect', onConnect);
     (this.http as http.Server & Tagged)[kListener] = this;
 
     this.tls = tls.createServer({
@@ -367,7 +371,11 @@ export class InboundListener {
    * a fixed reply and recorded as a deny. Never logs the offending bytes (`err.rawPacket`).
    */
   clientError(err: Error & { code?: string }, socket: Duplex): void {
-    const code = err.code ?? '';
+    this.refuseRequest(err.code ?? '', socket);
+  }
+
+  /** Answers a request that never reaches the stages with a fixed reply, and records it as a deny. */
+  refuseRequest(code: string, socket: Duplex): void {
     const s = socket as Socket & PortcullisSocket & { _httpMessage?: http.ServerResponse | null };
     if (code === 'ECONNRESET' || code === 'EPIPE' || !s.writable) {
       // The client went away: nothing to answer and nothing that was a request.
@@ -379,7 +387,9 @@ export class InboundListener {
         ? CLIENT_ERROR_431
         : code === 'ERR_HTTP_REQUEST_TIMEOUT'
           ? CLIENT_ERROR_408
-          : CLIENT_ERROR_400;
+          : code === 'CONNECT'
+            ? CLIENT_ERROR_405
+            : CLIENT_ERROR_400;
     const peer = s[kPeer] ?? null;
     this.plan.observer.clientError(
       this.name,
@@ -463,6 +473,10 @@ function onTlsClientError(this: tls.Server & Tagged, err: Error, socket: tls.TLS
 
 function onClientError(this: http.Server & Tagged, err: Error, socket: Duplex): void {
   (this[kListener] as InboundListener).clientError(err, socket);
+}
+
+function onConnect(this: http.Server & Tagged, _req: http.IncomingMessage, socket: Duplex): void {
+  (this[kListener] as InboundListener).refuseRequest('CONNECT', socket);
 }
 
 function onRequest(this: http.Server & Tagged, req: http.IncomingMessage, res: http.ServerResponse): void {

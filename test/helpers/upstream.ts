@@ -15,13 +15,29 @@ export interface EchoReply {
  * A real upstream on loopback: echoes the request as JSON (with a hash of the body, so large
  * bodies can be compared without keeping them), and serves `/bytes/N` as N streamed bytes.
  */
+/** What the upstream saw of one request, for checks on what was forwarded. */
+export interface Received {
+  method: string;
+  url: string;
+  host: string;
+  requestId: string;
+}
+
 export class EchoUpstream {
   readonly server: http.Server;
   requests = 0;
+  /** Every request seen (method, target, Host, request id), in arrival order. */
+  readonly received: Received[] = [];
 
   constructor() {
     this.server = http.createServer((req, res) => {
       this.requests++;
+      this.received.push({
+        method: req.method ?? '',
+        url: req.url ?? '',
+        host: req.headers.host ?? '',
+        requestId: String(req.headers['x-request-id'] ?? ''),
+      });
       const m = /^\/bytes\/(\d+)$/.exec(req.url ?? '');
       if (m !== null) return streamBytes(res, Number(m[1]));
       const slow = /^\/slow\/(\d+)$/.exec(req.url ?? '');
