@@ -78,6 +78,8 @@ export interface Config {
   readonly pathNormalization: PathNormalization;
   readonly trustedProxies: number;
   readonly serverTiming: boolean;
+  readonly headersWithUnderscores: 'drop' | 'reject' | 'allow';
+  readonly rejectOverrideHeaders: boolean;
   readonly watch: boolean;
   readonly log: { readonly level: string };
 }
@@ -268,6 +270,8 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
     pathNormalization: c.pathNormalization,
     trustedProxies: c.trustedProxies,
     serverTiming: c.serverTiming,
+    headersWithUnderscores: c.headersWithUnderscores,
+    rejectOverrideHeaders: c.rejectOverrideHeaders,
     watch: c.watch,
     log: c.log,
   };

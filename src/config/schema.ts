@@ -166,6 +166,18 @@ export const configSchema = z.strictObject({
   trustedProxies: z.number().int().min(0).max(16).default(0),
   /** Add `Server-Timing: authz;dur=<ms>` to responses (authorization time apart from the upstream's). */
   serverTiming: z.boolean().default(false),
+  /**
+   * Request headers whose names contain `_` (Envoy's headers_with_underscores_action): CGI, WSGI
+   * and PHP map `_` and `-` to the same variable, so `x_forwarded_client_cert` could stand in for
+   * a header the proxy sets. `drop` (default, as nginx does), `reject` (400) or `allow`.
+   */
+  headersWithUnderscores: z.enum(['drop', 'reject', 'allow']).default('drop'),
+  /**
+   * Refuse (400) requests carrying headers that make many frameworks use another method or path
+   * than the request line's (X-HTTP-Method-Override, X-Original-URL, …): the upstream would act on
+   * something other than what was authorized.
+   */
+  rejectOverrideHeaders: z.boolean().default(true),
   /** The audit stream: one event per decision, to one or more sinks. Absent: no audit events. */
   audit: z
     .strictObject({

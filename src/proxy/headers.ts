@@ -95,6 +95,7 @@ export function upstreamRequestHeaders(
   connection: string | undefined,
   fwd: ForwardedFor,
   pinned: PinnedHeaders = DEFAULT_PINNED,
+  dropUnderscores = false,
 ): string[] {
   const listed = connectionTokens(connection);
   const out: string[] = [];
@@ -103,6 +104,8 @@ export function upstreamRequestHeaders(
     const name = rawHeaders[i] as string;
     const lower = name.toLowerCase();
     if (HOP_BY_HOP.has(lower) || PROXY_SET.has(lower)) continue;
+    // CGI-style upstreams read `x_forwarded_client_cert` as X-Forwarded-Client-Cert.
+    if (dropUnderscores && name.indexOf('_') !== -1) continue;
     if ((listed?.has(lower) && !pinned.has(lower)) || fwd.dropHeaders?.includes(lower)) continue;
     const value = rawHeaders[i + 1] as string;
     if (lower === 'x-forwarded-for') {

@@ -149,9 +149,10 @@ export class InboundListener {
       requestCert: true,
       rejectUnauthorized: true,
       ALPNProtocols: ['http/1.1'],
-      // The pending deadline (from accept, covering sniff, handshake and SPIFFE checks) replaces
-      // Node's handshake timer, which only reports and never closes the socket.
-      handshakeTimeout: 0,
+      // The pending deadline (from accept, covering sniff, handshake and SPIFFE checks) is what
+      // closes slow handshakes; Node's own timer only reports (tlsClientError) and never closes,
+      // and 0 would mean its 120 s default, so it is set just past ours as a backstop.
+      handshakeTimeout: limits.handshakeTimeout + 1_000,
     });
     (this.tls as tls.Server & Tagged)[kListener] = this;
     this.tls.on('secureConnection', onSecureConnection);

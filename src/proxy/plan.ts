@@ -37,6 +37,8 @@ export class ListenerPlan {
   readonly pinned: PinnedHeaders;
   /** Query parameters that carry tokens: redacted wherever a query is recorded. */
   readonly tokenParams: ReadonlySet<string>;
+  /** Drop client headers whose names contain `_` (headersWithUnderscores: drop). */
+  readonly dropUnderscoreHeaders: boolean;
 
   constructor(init: ListenerPlanInit) {
     this.snapshot = init.snapshot;
@@ -50,6 +52,7 @@ export class ListenerPlan {
     this.observer = init.observer;
     this.pinned = init.pinned;
     this.tokenParams = init.tokenParams;
+    this.dropUnderscoreHeaders = init.dropUnderscoreHeaders;
   }
 }
 

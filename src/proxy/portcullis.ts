@@ -142,7 +142,10 @@ export class Portcullis implements AdminStatus {
           },
           this.log,
         );
-    const requestLine = new RequestLineStage(this.config.pathNormalization);
+    const requestLine = new RequestLineStage(this.config.pathNormalization, {
+      rejectUnderscoreHeaders: this.config.headersWithUnderscores === 'reject',
+      rejectOverrideHeaders: this.config.rejectOverrideHeaders,
+    });
     // Key sets no rule refers to any more stop refreshing.
     this.jwks.retain(jwt?.sources ?? new Set<JwksSource>());
     return this.config.listeners.map((lc) => this.plan(lc, snapshot, requestLine, jwt, authz));
@@ -188,6 +191,7 @@ export class Portcullis implements AdminStatus {
       pinned: new PinnedHeaders(pinned, rego !== undefined && regoHeaders === null),
       // access_token is a token wherever it appears, whatever the rules say.
       tokenParams: new Set(['access_token', ...(jwt?.tokenParams ?? [])]),
+      dropUnderscoreHeaders: this.config.headersWithUnderscores === 'drop',
     });
   }
 

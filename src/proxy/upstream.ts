@@ -64,7 +64,14 @@ export class Upstream {
   }
 
   forward(ctx: RequestContext): void {
-    const headers = upstreamRequestHeaders(ctx.req.rawHeaders, ctx.headers.connection, ctx, ctx.plan.pinned);
+    const plan = ctx.plan;
+    const headers = upstreamRequestHeaders(
+      ctx.req.rawHeaders,
+      ctx.headers.connection,
+      ctx,
+      plan.pinned,
+      plan.dropUnderscoreHeaders,
+    );
     ctx.upstreamStart = performance.now();
     // The client waits for this before it sends the body: only now, once the request is allowed.
     if (ctx.expectContinue) ctx.res.writeContinue();

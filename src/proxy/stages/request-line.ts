@@ -2,7 +2,6 @@ import { randomUUID } from 'node:crypto';
 import { isIPv6 } from 'node:net';
 import { normalizePath, type PathNormalization } from '../../authz/normalize.js';
 import type { RequestContext } from '../context.js';
-import { countHeader } from '../headers.js';
 import { REPLY_BAD_REQUEST } from '../local-reply.js';
 import type { Stage, StageResult } from '../plan.js';
 
@@ -16,9 +15,20 @@ import type { Stage, StageResult } from '../plan.js';
 export class RequestLineStage implements Stage {
   readonly name = 'request-line';
   private readonly normalization: PathNormalization;
+  private readonly rejectUnderscores: boolean;
+  private readonly rejectOverrides: boolean;
 
-  constructor(normalization: PathNormalization = 'BASE') {
+  constructor(
+    normalization: PathNormalization = 'BASE',
+    opts: { rejectUnderscoreHeaders?: boolean; rejectOverrideHeaders?: boolean } = {},
+  ) {
     this.normalization = normalization;
+    this.rejectUnderscores = opts.rejectUnderscoreHeaders ?? false;
+    this.rejectOverrides = opts.rejectOverrideHeaders ?? false;
+  }
+
+  private headersAcceptable(raw: readonly string[]): boolean {
+    return checkHeaderNames(raw, this.rejectUnderscores, this.rejectOverrides);
   }
 
   run(ctx: RequestContext): StageResult {
@@ -35,8 +45,9 @@ export class RequestLineStage implements Stage {
     ctx.host = host === undefined ? '' : host.toLowerCase();
     if (!isUpperToken(ctx.method)) return REPLY_BAD_REQUEST;
     // Exactly one valid Host (RFC 9112 §3.2): HTTP/1.0 may omit it, but what is authorized on
-    // `hosts` must be what the upstream routes on, and Node keeps only the first of two.
-    if (host === undefined || countHeader(ctx.req.rawHeaders, 'host') !== 1 || !isHostHeader(host))
+    // `hosts` must be what the upstream routes on, and Node keeps only the first of two. Header
+    // names the config refuses (underscores, method/URL overrides) are refused here too.
+    if (host === undefined || !isHostHeader(host) || !this.headersAcceptable(ctx.req.rawHeaders))
       return REPLY_BAD_REQUEST;
     if (url === '*' && ctx.method === 'OPTIONS') {
       ctx.path = '*';
@@ -70,6 +81,37 @@ function isRequestId(id: string): boolean {
     if (!ok) return false;
   }
   return true;
+}
+
+/**
+ * Headers that make common frameworks (Symfony, Laravel, ASP.NET, Express method-override, IIS URL
+ * rewrite) act on another method or path than the request line's — which is what was authorized.
+ */
+const OVERRIDE_HEADERS: ReadonlySet<string> = new Set([
+  'x-http-method-override',
+  'x-http-method',
+  'x-method-override',
+  'x-original-url',
+  'x-rewrite-url',
+]);
+const OVERRIDE_LENGTHS: ReadonlySet<number> = new Set([...OVERRIDE_HEADERS].map((h) => h.length));
+
+/** One pass over the raw header names: exactly one Host, and no refused names. */
+function checkHeaderNames(
+  raw: readonly string[],
+  rejectUnderscores: boolean,
+  rejectOverrides: boolean,
+): boolean {
+  let hosts = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    const len = name.length;
+    if (len === 4 && name.toLowerCase() === 'host') hosts++;
+    else if (rejectUnderscores && name.indexOf('_') !== -1) return false;
+    else if (rejectOverrides && OVERRIDE_LENGTHS.has(len) && OVERRIDE_HEADERS.has(name.toLowerCase()))
+      return false;
+  }
+  return hosts === 1;
 }
 
 /**
