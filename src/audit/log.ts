@@ -145,31 +145,40 @@ export class AuditLog {
 
   /** A connection refused before any request (a peer that is not a trusted X.509-SVID). */
   recordConnection(listener: string, reason: string, detail: string, address: string, port: number): void {
-    if (this.config.decisions === 'audit') return;
-    this.offer(
-      JSON.stringify({
-        version: AUDIT_SCHEMA_VERSION,
-        time: new Date().toISOString(),
-        requestId: null,
-        listener,
-        decision: 'deny',
-        status: null,
-        reason: 'peer-untrusted',
-        detail: `${reason}: ${detail}`,
-        source: { principal: '', address, port },
-        tls: true,
-      }),
+    this.recordWithoutRequest(
+      listener,
+      null,
+      'peer-untrusted',
+      `${reason}: ${detail}`,
+      '',
+      address,
+      port,
+      true,
     );
   }
 
   /**
    * A request the HTTP parser refused before it became a request (malformed, a head too large, a
-   * head too slow): no method, path or id exist, only who sent it and what was answered.
+   * head too slow, CONNECT): no method, path or id exist, only who sent it and what was answered.
    */
   recordClientError(
     listener: string,
     status: number,
     reason: string,
+    principal: string,
+    address: string,
+    port: number,
+    tls: boolean,
+  ): void {
+    this.recordWithoutRequest(listener, status, reason, undefined, principal, address, port, tls);
+  }
+
+  /** A deny event with no request behind it (`requestId: null`). */
+  private recordWithoutRequest(
+    listener: string,
+    status: number | null,
+    reason: string,
+    detail: string | undefined,
     principal: string,
     address: string,
     port: number,
@@ -185,6 +194,7 @@ export class AuditLog {
         decision: 'deny',
         status,
         reason,
+        detail,
         source: { principal, address, port },
         tls,
       }),

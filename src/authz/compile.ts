@@ -316,7 +316,7 @@ class CompiledOperation {
   matches(a: RequestAttributes): boolean {
     if (!pair(this.hosts, this.notHosts, a.host)) return false;
     if (this.ports !== null && !this.ports.has(a.destinationPort)) return false;
-    if (this.notPorts !== null && this.notPorts.has(a.destinationPort)) return false;
+    if (this.notPorts?.has(a.destinationPort)) return false;
     return pair(this.methods, this.notMethods, a.method) && pair(this.paths, this.notPaths, a.path);
   }
 }

@@ -189,7 +189,7 @@ function conditionFails(c: ConditionSpec, a: RequestAttributes): string | null {
   const some: Check = (v) => vals.length > 0 && vals.some((x) => one([v], x));
   if (c.values !== undefined && !c.values.some(some))
     return `when ${c.key}: ${JSON.stringify(vals)} matches none of ${JSON.stringify(c.values)}`;
-  if (c.notValues !== undefined && c.notValues.some(some))
+  if (c.notValues?.some(some))
     return `when ${c.key}: ${JSON.stringify(vals)} matches notValues ${JSON.stringify(c.notValues)}`;
   return null;
 }

@@ -408,7 +408,7 @@ export class InboundListener {
     // A response already under way (a pipelined request behind it went bad) cannot be followed by
     // a clean reply: just close.
     const pending = s._httpMessage;
-    if (pending !== undefined && pending !== null && pending.headersSent) {
+    if (pending?.headersSent) {
       s.destroy();
       return;
     }

@@ -117,7 +117,7 @@ export function remoteAddress(xff: string | string[] | undefined, peer: string, 
   const joined = Array.isArray(xff) ? xff.join(',') : xff;
   const entries = joined.split(',');
   const index = entries.length - trusted;
-  const pick = entries[index < 0 ? 0 : index] ?? '';
+  const pick = entries[Math.max(index, 0)] ?? '';
   const addr = pick.trim();
   return addr === '' ? peer : addr;
 }
