@@ -140,7 +140,8 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   const caDir = join(dir, 'ca');
   out(`Portcullis demo — files in ${dir}`);
   out('Making a development CA for trust domain example.org, four certificates and a token issuer...');
-  await initCaDir(caDir, 'example.org');
+  // The demo owns its folder: a CA left by an earlier run with the same --dir is replaced.
+  await initCaDir(caDir, 'example.org', undefined, true);
   await issueToFiles(caDir, 'spiffe://example.org/ns/default/sa/api', join(certs, 'api'), {
     dnsNames: ['localhost'],
   });
@@ -148,7 +149,9 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   await issueToFiles(caDir, 'spiffe://example.org/ns/default/sa/db', join(certs, 'db'));
   // Signed by the trusted CA, but naming another trust domain: OpenSSL accepts the chain; the
   // SPIFFE check refuses it because attacker.test has no bundle here.
-  await issueToFiles(caDir, 'spiffe://attacker.test/ns/default/sa/web', join(certs, 'impostor'));
+  await issueToFiles(caDir, 'spiffe://attacker.test/ns/default/sa/web', join(certs, 'impostor'), {
+    anyTrustDomain: true,
+  });
 
   const issuer = await startIssuer();
   const echo = await startEcho();

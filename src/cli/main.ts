@@ -18,6 +18,7 @@ Usage:
   portcullis validate [-c FILE]    check a config, its certificates and policies; exit 1 on any error
   portcullis ca init ...           make a development CA for a trust domain
   portcullis ca issue ...          issue an X.509-SVID from a development CA
+  portcullis ca bundle ...         write a development CA's trust bundle (PEM or SPIFFE JSON)
   portcullis check ...             show the authorization decision for a described request
   portcullis loadtest ...          load-test a running PEP (Portcullis or another)
   portcullis demo                  run a self-contained demo (what "npm start" runs)
@@ -102,17 +103,22 @@ next, so a slow response delays the requests behind it and they are never measur
 (coordinated omission). A fixed arrival rate measures what a request costs at that load.
 `;
 
-const CA_HELP = `portcullis ca init --trust-domain TD --out DIR [--ttl DURATION]
+const CA_HELP = `portcullis ca init --trust-domain TD --out DIR [--ttl DURATION] [--force]
 portcullis ca issue --ca DIR --spiffe-id ID --out PREFIX [--dns NAME]... [--ttl DURATION]
+portcullis ca bundle --ca DIR --out FILE [--format pem|spiffe]
 
 A development CA (EC P-256, ECDSA-SHA256). Not for production.
 
 ca init writes DIR/ca.pem, DIR/ca.key (mode 0600) and DIR/bundle.pem (the trust bundle to give
-peers). --ttl defaults to 365d.
+peers). --ttl defaults to 365d. An existing DIR/ca.key is kept unless --force.
 
 ca issue writes PREFIX.pem and PREFIX.key (mode 0600): an X.509-SVID carrying the SPIFFE ID as
 its one URI SAN, usable as client and server certificate. --dns adds DNS SANs (for clients such as
 curl that check the server's host name). --ttl defaults to 24h. Durations: 90s, 30m, 24h, 30d.
+The ID must be in the CA's trust domain and the SVID may not outlive the CA.
+
+ca bundle writes the CA's trust bundle to FILE: PEM (the default), or with --format spiffe the
+SPIFFE bundle format (a JWK Set with the CA in x5c), which identity.bundles also reads.
 `;
 
 const DEMO_HELP = `portcullis demo [--port N] [--admin-port N] [--dir DIR] [--once] [--verbose]
@@ -308,17 +314,18 @@ async function cmdCa(args: string[], out: Out): Promise<number> {
   const sub = args[0];
   const rest = args.slice(1);
   if (sub === undefined || sub === '--help' || sub === '-h') return help(out, CA_HELP);
-  const { initCaDir, issueToFiles } = await import('../identity/dev-ca.js');
+  const { initCaDir, issueToFiles, writeBundle } = await import('../identity/dev-ca.js');
   if (sub === 'init') {
     const { values } = parse(rest, {
       'trust-domain': { type: 'string' },
       out: { type: 'string' },
       ttl: { type: 'string' },
+      force: { type: 'boolean' },
     });
     if (values.help) return help(out, CA_HELP);
     const td = required(values['trust-domain'], '--trust-domain');
     const dir = resolve(required(values.out, '--out'));
-    await initCaDir(dir, td, durationFlag(values.ttl, '--ttl'));
+    await initCaDir(dir, td, durationFlag(values.ttl, '--ttl'), values.force === true);
     out(`wrote ${dir}/ca.pem, ${dir}/ca.key, ${dir}/bundle.pem for trust domain ${td}`);
     return 0;
   }
@@ -341,7 +348,22 @@ async function cmdCa(args: string[], out: Out): Promise<number> {
     out(`wrote ${prefix}.pem and ${prefix}.key for ${id.id}`);
     return 0;
   }
-  throw new PortcullisError('ERR_USAGE', `unknown ca command "${sub}" (use init or issue)`);
+  if (sub === 'bundle') {
+    const { values } = parse(rest, {
+      ca: { type: 'string' },
+      out: { type: 'string' },
+      format: { type: 'string' },
+    });
+    if (values.help) return help(out, CA_HELP);
+    const format = str(values.format) ?? 'pem';
+    if (format !== 'pem' && format !== 'spiffe')
+      throw new PortcullisError('ERR_USAGE', `--format must be pem or spiffe, not "${format}"`);
+    const file = resolve(required(values.out, '--out'));
+    writeBundle(resolve(required(values.ca, '--ca')), format, file);
+    out(`wrote ${file} (${format === 'pem' ? 'PEM' : 'SPIFFE bundle'})`);
+    return 0;
+  }
+  throw new PortcullisError('ERR_USAGE', `unknown ca command "${sub}" (use init, issue or bundle)`);
 }
 
 async function cmdDemo(args: string[], out: Out): Promise<number> {

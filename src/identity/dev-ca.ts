@@ -1,7 +1,7 @@
 // @peculiar/x509 resolves its services through tsyringe, which needs the Reflect metadata API.
 import 'reflect-metadata';
-import { createPrivateKey, randomBytes, webcrypto } from 'node:crypto';
-import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createPrivateKey, randomBytes, webcrypto, X509Certificate } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import * as x509 from '@peculiar/x509';
 import { PortcullisError } from '../errors.js';
@@ -173,8 +173,22 @@ function writeFile(file: string, text: string, secret: boolean): void {
   if (secret) chmodSync(file, 0o600);
 }
 
-/** `portcullis ca init`: writes DIR/ca.pem, DIR/ca.key (mode 0600) and DIR/bundle.pem. */
-export async function initCaDir(dir: string, trustDomain: string, ttlMs?: number): Promise<PemPair> {
+/**
+ * `portcullis ca init`: writes DIR/ca.pem, DIR/ca.key (mode 0600) and DIR/bundle.pem. An existing
+ * CA key is never overwritten unless `force`: every SVID it issued would stop verifying.
+ */
+export async function initCaDir(
+  dir: string,
+  trustDomain: string,
+  ttlMs?: number,
+  force = false,
+): Promise<PemPair> {
+  if (!force && existsSync(join(dir, 'ca.key'))) {
+    throw new PortcullisError(
+      'ERR_USAGE',
+      `${join(dir, 'ca.key')} exists: replacing it would orphan every SVID it issued (use --force to replace it)`,
+    );
+  }
   const ca = await createCa(trustDomain, ttlMs);
   writeFile(join(dir, 'ca.pem'), ca.certPem, false);
   writeFile(join(dir, 'ca.key'), ca.keyPem, true);
@@ -196,15 +210,73 @@ export function readCaDir(dir: string): PemPair {
   }
 }
 
-/** `portcullis ca issue`: writes PREFIX.pem and PREFIX.key (mode 0600). */
+/** The trust domain a dev CA vouches for: its URI SAN `spiffe://<td>`. */
+export function caTrustDomain(ca: PemPair): string {
+  const san = new X509Certificate(ca.certPem).subjectAltName ?? '';
+  const m = /URI:spiffe:\/\/([^,/\s]+)/.exec(san);
+  if (m === null) throw new PortcullisError('ERR_USAGE', 'the CA certificate names no SPIFFE trust domain');
+  return m[1] as string;
+}
+
+/**
+ * `portcullis ca issue`: writes PREFIX.pem and PREFIX.key (mode 0600). Refuses an ID outside the
+ * CA's trust domain (peers would refuse it: a trust domain's CA vouches for that trust domain
+ * alone) and a validity that outlives the CA.
+ */
 export async function issueToFiles(
   caDir: string,
   spiffeId: string,
   prefix: string,
-  opts: SvidOptions = {},
+  opts: SvidOptions & {
+    /** Issue outside the CA's trust domain anyway (the demo's impostor). */ anyTrustDomain?: boolean;
+  } = {},
 ): Promise<PemPair> {
-  const svid = await issueSvid(readCaDir(caDir), spiffeId, opts);
+  const ca = readCaDir(caDir);
+  const td = caTrustDomain(ca);
+  const id = SpiffeId.parse(spiffeId);
+  if (id.trustDomain !== td && opts.anyTrustDomain !== true) {
+    throw new PortcullisError(
+      'ERR_USAGE',
+      `${spiffeId} is not in trust domain ${td}, the only one this CA (${caDir}) vouches for`,
+    );
+  }
+  const caNotAfter = Date.parse(new X509Certificate(ca.certPem).validTo);
+  const notAfter = Date.now() - 60_000 + (opts.ttlMs ?? 24 * 3600_000);
+  if (notAfter > caNotAfter) {
+    throw new PortcullisError(
+      'ERR_USAGE',
+      `the SVID would outlive its CA (the CA expires ${new Date(caNotAfter).toISOString()}): use a shorter --ttl`,
+    );
+  }
+  const svid = await issueSvid(ca, spiffeId, opts);
   writeFile(`${prefix}.pem`, svid.certPem, false);
   writeFile(`${prefix}.key`, svid.keyPem, true);
   return svid;
+}
+
+/**
+ * A trust domain's bundle in the SPIFFE format (SPIFFE Trust Domain and Bundle §4): a JWK Set whose
+ * X.509 authorities are keys with `use: "x509-svid"` and the CA certificate in `x5c`.
+ */
+export function spiffeBundleJson(caCertPems: readonly string[], refreshHintSeconds = 300): string {
+  const keys = caCertPems.map((pem) => {
+    const cert = new X509Certificate(pem);
+    const jwk = cert.publicKey.export({ format: 'jwk' });
+    return { ...jwk, use: 'x509-svid', x5c: [cert.raw.toString('base64')] };
+  });
+  return `${JSON.stringify({ keys, spiffe_refresh_hint: refreshHintSeconds }, null, 2)}\n`;
+}
+
+/** `portcullis ca bundle`: writes the CA's trust bundle, PEM or SPIFFE JSON. */
+export function writeBundle(caDir: string, format: 'pem' | 'spiffe', file: string): void {
+  let certPem: string;
+  try {
+    certPem = readFileSync(join(caDir, 'ca.pem'), 'utf8');
+  } catch (err) {
+    throw new PortcullisError(
+      'ERR_USAGE',
+      `cannot read ${join(caDir, 'ca.pem')} (made by "portcullis ca init"): ${(err as NodeJS.ErrnoException).code}`,
+    );
+  }
+  writeFile(file, format === 'pem' ? certPem : spiffeBundleJson([certPem]), false);
 }

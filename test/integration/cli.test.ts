@@ -127,6 +127,87 @@ describe('portcullis CLI', () => {
     expect(r.stderr).toContain('"." or ".." segments');
   });
 
+  it('ca init keeps an existing CA key unless --force', async () => {
+    const before = readFileSync(dir.file('ca/ca.key'), 'utf8');
+    const again = await cli(['ca', 'init', '--trust-domain', 'example.org', '--out', dir.file('ca')]);
+    expect(again.code).toBe(2);
+    expect(again.stderr).toContain('--force');
+    expect(readFileSync(dir.file('ca/ca.key'), 'utf8')).toBe(before);
+    const other = new TempDir();
+    try {
+      expect((await cli(['ca', 'init', '--trust-domain', 'x.example', '--out', other.path])).code).toBe(0);
+      const first = readFileSync(other.file('ca.key'), 'utf8');
+      expect(
+        (await cli(['ca', 'init', '--trust-domain', 'x.example', '--out', other.path, '--force'])).code,
+      ).toBe(0);
+      expect(readFileSync(other.file('ca.key'), 'utf8')).not.toBe(first);
+    } finally {
+      other.cleanup();
+    }
+  });
+
+  it('ca issue refuses an ID outside the CA trust domain, and a TTL beyond the CA', async () => {
+    const foreign = await cli([
+      'ca',
+      'issue',
+      '--ca',
+      dir.file('ca'),
+      '--spiffe-id',
+      'spiffe://other.example/ns/a/sa/b',
+      '--out',
+      dir.file('f'),
+    ]);
+    expect(foreign.code).toBe(2);
+    expect(foreign.stderr).toContain('not in trust domain example.org');
+    const long = await cli([
+      'ca',
+      'issue',
+      '--ca',
+      dir.file('ca'),
+      '--spiffe-id',
+      'spiffe://example.org/ns/a/sa/b',
+      '--out',
+      dir.file('l'),
+      '--ttl',
+      '400d',
+    ]);
+    expect(long.code).toBe(2);
+    expect(long.stderr).toContain('outlive its CA');
+    expect(existsSync(dir.file('l.key'))).toBe(false);
+  });
+
+  it('ca bundle writes PEM, or a SPIFFE bundle the proxy reads back as the same trust anchor', async () => {
+    expect((await cli(['ca', 'bundle', '--ca', dir.file('ca'), '--out', dir.file('b.pem')])).code).toBe(0);
+    expect(readFileSync(dir.file('b.pem'), 'utf8')).toBe(readFileSync(dir.file('ca/ca.pem'), 'utf8'));
+    const r = await cli([
+      'ca',
+      'bundle',
+      '--ca',
+      dir.file('ca'),
+      '--format',
+      'spiffe',
+      '--out',
+      dir.file('b.json'),
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    const bundles = new TrustBundleSet([
+      parseBundle('example.org', readFileSync(dir.file('b.json'), 'utf8')),
+    ]);
+    const web = new X509Certificate(readFileSync(dir.file('certs/web.pem')));
+    expect(verifyPeer(web, [], bundles).spiffeId.id).toBe('spiffe://example.org/ns/default/sa/web');
+    const bad = await cli([
+      'ca',
+      'bundle',
+      '--ca',
+      dir.file('ca'),
+      '--format',
+      'der',
+      '--out',
+      dir.file('b.der'),
+    ]);
+    expect(bad.code).toBe(2);
+  });
+
   it('validate accepts the documented config and summarises it', async () => {
     const r = await cli(['validate', '-c', dir.file('portcullis.yaml')], '/');
     expect(r.code, r.stderr).toBe(0);
