@@ -1,31 +1,38 @@
 # syntax=docker/dockerfile:1
-# Portcullis image: a multi-stage build.
+# Portcullis image: a multi-stage build. The runtime image holds dist/, the production
+# node_modules, package.json and LICENSE — nothing from examples/ or anywhere a private key could
+# sit (.dockerignore is an allow-list, and test/unit/deploy/docker.test.ts checks both).
 #
 # Rego policies are compiled to WebAssembly before they reach this image, e.g. with the official
-# OPA image, and mounted (or copied) beside portcullis.yaml:
+# OPA image, and mounted beside portcullis.yaml:
 #   docker run --rm -v "$PWD:/w" -w /w openpolicyagent/opa:latest \
 #     build -t wasm -e envoy/authz/allow -o policies/authz.tar.gz policies/rego/
 #
-# The build stage compiles TypeScript (npm ci runs the `prepare` script), then drops dev
-# dependencies; the runtime stage carries only what runs.
+# The base is pinned to a Node release; pin it by digest too (node:20.20.2-bookworm-slim@sha256:…)
+# where your registry policy asks for it.
+ARG NODE_IMAGE=node:20.20.2-bookworm-slim
 
-ARG NODE_VERSION=20.20
-FROM node:${NODE_VERSION}-bookworm-slim AS build
+FROM ${NODE_IMAGE} AS build
 WORKDIR /app
 COPY package.json package-lock.json tsconfig.json tsconfig.base.json ./
 COPY src ./src
+# npm ci runs the `prepare` script (tsc); then the dev dependencies go.
 RUN npm ci && npm prune --omit=dev
 
-FROM node:${NODE_VERSION}-bookworm-slim
+FROM ${NODE_IMAGE}
 ENV NODE_ENV=production
 WORKDIR /app
 COPY --from=build /app/package.json ./package.json
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
-COPY examples ./examples
-COPY policies ./policies
-# The node image's unprivileged user; the proxy needs no privilege (ports above 1024, read-only files).
-USER node
-EXPOSE 15006 15000
+COPY LICENSE ./LICENSE
+# A numeric user (Kubernetes' runAsNonRoot can only check a numeric one); the proxy needs no
+# privilege: ports above 1024 and read-only files.
+USER 10001:10001
+# The proxy port of a config that listens on the container's interface (address: 0.0.0.0:15006).
+# The admin server stays on 127.0.0.1:15000; the health check runs inside the container.
+EXPOSE 15006
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["node", "/app/dist/cli/main.js", "probe", "--url", "http://127.0.0.1:15000/readyz"]
 ENTRYPOINT ["node", "/app/dist/cli/main.js"]
 CMD ["run", "-c", "/etc/portcullis/portcullis.yaml"]

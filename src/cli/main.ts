@@ -22,6 +22,7 @@ Usage:
   portcullis check ...             show the authorization decision for a described request
   portcullis loadtest ...          load-test a running PEP (Portcullis or another)
   portcullis demo                  run a self-contained demo (what "npm start" runs)
+  portcullis probe [--url URL]     health probe for containers: GET the admin URL, exit 0 on 2xx
 
 Options:
   -h, --help       help for any command (e.g. portcullis ca issue --help)
@@ -366,6 +367,38 @@ async function cmdCa(args: string[], out: Out): Promise<number> {
   throw new PortcullisError('ERR_USAGE', `unknown ca command "${sub}" (use init, issue or bundle)`);
 }
 
+const PROBE_HELP = `portcullis probe [--url URL] [--timeout DURATION]
+
+A health probe for container runtimes and Kubernetes exec probes: GETs URL (default
+http://127.0.0.1:15000/readyz) and exits 0 when it answers 2xx within the timeout (default 2s),
+1 otherwise. Lets the admin server stay on loopback while the kubelet or Docker probes it from
+inside the container (no curl needed in a slim image).
+`;
+
+async function cmdProbe(args: string[], out: Out): Promise<number> {
+  const { values } = parse(args, { url: { type: 'string' }, timeout: { type: 'string' } });
+  if (values.help) return help(out, PROBE_HELP);
+  const url = str(values.url) ?? 'http://127.0.0.1:15000/readyz';
+  if (!/^http:\/\//.test(url))
+    throw new PortcullisError('ERR_USAGE', `--url must be an http:// URL, not "${url}"`);
+  const timeoutMs = durationFlag(values.timeout, '--timeout') ?? 2_000;
+  const http = await import('node:http');
+  const status = await new Promise<number>((resolve) => {
+    const req = http.get(url, { timeout: timeoutMs }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('timeout', () => req.destroy(new Error('timed out')));
+    req.on('error', (e) => {
+      out(`probe ${url}: ${e.message}`);
+      resolve(0);
+    });
+  });
+  if (status >= 200 && status < 300) return 0;
+  if (status !== 0) out(`probe ${url}: HTTP ${status}`);
+  return 1;
+}
+
 async function cmdDemo(args: string[], out: Out): Promise<number> {
   const { values } = parse(args, {
     port: { type: 'string' },
@@ -413,6 +446,8 @@ export async function main(
         return await cmdLoadtest(rest, out);
       case 'demo':
         return await cmdDemo(rest, out);
+      case 'probe':
+        return await cmdProbe(rest, out);
       case '-v':
       case '--version':
         out(version());

@@ -1,12 +1,10 @@
-import { readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { parseAllDocuments } from 'yaml';
 import { resolvePeerAuthn } from '../../../src/authn/peer-authn.js';
 import { Authorizer, Decision } from '../../../src/authz/compile.js';
 import { referenceDecide } from '../../../src/authz/reference.js';
-import { configFromObject, loadConfigFile } from '../../../src/config/load.js';
+import { loadConfigFile } from '../../../src/config/load.js';
 import { loadPolicies } from '../../../src/istio/load.js';
 import { appliesTo } from '../../../src/istio/selector.js';
 import { attrs } from '../../helpers/authz.js';
@@ -46,18 +44,6 @@ describe('shipped examples stay valid', () => {
   it('policies/request-authentication loads', () => {
     const set = loadPolicies([join(ROOT, 'policies/request-authentication')], 'default');
     expect(set.requestAuthentications.map((r) => r.rules[0]?.issuer)).toEqual(['https://auth.example.com']);
-  });
-
-  it('the sidecar manifest embeds a valid config and policy', () => {
-    const file = join(ROOT, 'examples/sidecar/portcullis-sidecar.yaml');
-    const cm = parseAllDocuments(readFileSync(file, 'utf8'))
-      .map((d) => d.toJS() as { kind: string; data?: Record<string, string> })
-      .find((d) => d.kind === 'ConfigMap');
-    const data = cm?.data ?? {};
-    const cfg = parseAllDocuments(data['portcullis.yaml'] ?? '')[0]?.toJS();
-    expect(configFromObject(cfg, dirname(file)).listeners[0]?.upstream).toBe('http://127.0.0.1:8080');
-    const policy = parseAllDocuments(data['mtls.yaml'] ?? '')[0]?.toJS() as { kind: string };
-    expect(policy.kind).toBe('PeerAuthentication');
   });
 });
 
