@@ -28,6 +28,8 @@ export interface HarnessOptions {
   listener?: Record<string, unknown>;
   /** Files to write in the temp folder before starting (name → content). */
   files?: Record<string, string | Buffer>;
+  /** Anything else to prepare in the temp folder before starting (symlinks, modes). */
+  setup?: (dir: TempDir) => void;
 }
 
 /** Writes PKI and policies to a temp folder, starts a real upstream and a real proxy on port 0. */
@@ -43,6 +45,7 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
     policies.push('policies.yaml');
   }
   for (const [name, content] of Object.entries(opts.files ?? {})) dir.write(name, content);
+  opts.setup?.(dir);
   const upstream = new EchoUpstream();
   const upstreamUrl = opts.upstreamUrl ?? (await upstream.listen());
   const raw = {

@@ -1,6 +1,7 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -143,6 +144,28 @@ describe('portcullis CLI', () => {
       expect(readFileSync(other.file('ca.key'), 'utf8')).not.toBe(first);
     } finally {
       other.cleanup();
+    }
+  });
+
+  it('probe exits 0 on a 2xx answer and 1 on another status, a refused connection or a timeout', async () => {
+    const server = http.createServer((req, res) => {
+      if (req.url === '/slow') return; // never answers
+      res.writeHead(req.url === '/readyz' ? 200 : 503);
+      res.end();
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const base = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+    try {
+      expect((await cli(['probe', '--url', `${base}/readyz`])).code).toBe(0);
+      const down = await cli(['probe', '--url', `${base}/other`]);
+      expect(down.code).toBe(1);
+      expect(down.stdout).toContain('HTTP 503');
+      expect((await cli(['probe', '--url', `${base}/slow`, '--timeout', '300ms'])).code).toBe(1);
+      expect((await cli(['probe', '--url', 'http://127.0.0.1:1/readyz'])).code).toBe(1);
+      expect((await cli(['probe', '--url', 'https://x/readyz'])).code).toBe(2);
+    } finally {
+      server.closeAllConnections();
+      server.close();
     }
   });
 

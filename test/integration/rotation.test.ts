@@ -1,5 +1,5 @@
 import { X509Certificate } from 'node:crypto';
-import { renameSync, writeFileSync } from 'node:fs';
+import { renameSync, symlinkSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import type { TLSSocket } from 'node:tls';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -136,5 +136,41 @@ describe('policy reload', () => {
     } finally {
       await h.close();
     }
+  });
+});
+
+describe('policies in a Kubernetes ConfigMap volume', () => {
+  // A ConfigMap volume: each key is a symlink into `..data`, itself a symlink to a timestamped
+  // folder; an update writes a new folder and renames a new `..data` link over the old one.
+  const DENY_ALL = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: deny-all, namespace: default }
+spec: { action: DENY, rules: [{}] }
+`;
+  const ALLOW_ALL = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: allow-all, namespace: default }
+spec: { action: ALLOW, rules: [{}] }
+`;
+  let h: Harness;
+  beforeEach(async () => {
+    h = await startHarness({
+      config: { policies: ['cm/'] },
+      setup: (dir) => {
+        dir.write('cm/..2026_11_30_1/authz.yaml', ALLOW_ALL);
+        symlinkSync('..2026_11_30_1', dir.file('cm/..data'));
+        symlinkSync('..data/authz.yaml', dir.file('cm/authz.yaml'));
+      },
+    });
+  });
+  afterEach(() => h.close());
+
+  it('reloads when the kubelet swaps ..data, without a signal', async () => {
+    expect((await request(`${h.url}/x`, h.client)).status).toBe(200);
+    h.dir.write('cm/..2026_11_30_2/authz.yaml', DENY_ALL);
+    symlinkSync('..2026_11_30_2', h.dir.file('cm/..data_tmp'));
+    renameSync(h.dir.file('cm/..data_tmp'), h.dir.file('cm/..data'));
+    await until('the new policy to apply', () => h.proxy.reloads > 0);
+    expect((await request(`${h.url}/x`, h.client)).status).toBe(403);
   });
 });
