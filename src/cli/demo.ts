@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { stringify } from 'yaml';
 import { loadConfigFile } from '../config/load.js';
+import { PortcullisError } from '../errors.js';
 import { initCaDir, issueToFiles } from '../identity/dev-ca.js';
 import { defaultLogger, Portcullis } from '../proxy/portcullis.js';
 
@@ -205,6 +206,14 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     proxy = await Portcullis.start(loadConfigFile(configFile), { logger: defaultLogger(opts.logLevel) });
   } catch (err) {
     stopHelpers();
+    // Nothing of a failed start stays behind: the throwaway folder holds a CA key.
+    if (opts.dir === undefined) rmSync(dir, { recursive: true, force: true });
+    if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+      throw new PortcullisError(
+        'ERR_USAGE',
+        `port ${opts.port} or ${opts.adminPort} is taken: pick others, or let the system choose with --port 0 --admin-port 0`,
+      );
+    }
     throw err;
   }
   const port = proxy.listenerAddress('inbound').port;

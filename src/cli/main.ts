@@ -4,8 +4,12 @@ import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatHostPort } from '../config/address.js';
 import { parseDuration } from '../config/duration.js';
+import type { Config } from '../config/load.js';
 import { ConfigError, formatIssue, PortcullisError } from '../errors.js';
 import { SpiffeId } from '../identity/spiffe-id.js';
+import type { ResourceMeta } from '../istio/load.js';
+import { appliesTo } from '../istio/selector.js';
+import type { Snapshot } from '../proxy/snapshot.js';
 import { parse, required, str, strs } from './args.js';
 
 // Commands import what they need when they run: `--help` should not pay for loading the proxy,
@@ -217,7 +221,38 @@ async function cmdValidate(args: string[], out: Out): Promise<number> {
     );
   }
   if (config.admin !== null) out(`  admin: ${formatHostPort(config.admin.address)}`);
+  for (const w of policyWarnings(snap, config)) out(`  warning: ${w}`);
   return 0;
+}
+
+/**
+ * What in the policy files will have no effect here: resources that are not security policies
+ * (skipped), and policies whose namespace or selector leave this workload out (a typo in a
+ * selector silently disables a policy).
+ */
+function policyWarnings(snap: Snapshot, config: Config): string[] {
+  const out: string[] = [];
+  for (const r of snap.policies.ignored)
+    out.push(`${r.file}: ${r.kind} ${r.name} is not a security policy; skipped`);
+  const wl = config.workload;
+  const check = (
+    kind: string,
+    meta: ResourceMeta,
+    selector: Readonly<Record<string, string>> | null,
+  ): void => {
+    if (appliesTo(meta.namespace, selector, wl, config.rootNamespace)) return;
+    const why =
+      meta.namespace !== wl.namespace && meta.namespace !== config.rootNamespace
+        ? `its namespace ${meta.namespace} is neither the workload's (${wl.namespace}) nor the root namespace (${config.rootNamespace})`
+        : `its selector ${JSON.stringify(selector)} does not match the workload labels ${JSON.stringify(wl.labels)}`;
+    out.push(
+      `${meta.origin.file}: ${kind} ${meta.namespace}/${meta.name} applies to no workload here: ${why}`,
+    );
+  };
+  for (const p of snap.policies.peerAuthentications) check('PeerAuthentication', p.meta, p.selector);
+  for (const p of snap.policies.requestAuthentications) check('RequestAuthentication', p.meta, p.selector);
+  for (const p of snap.policies.authorizationPolicies) check('AuthorizationPolicy', p.meta, p.selector);
+  return out;
 }
 
 async function cmdCheck(args: string[], out: Out): Promise<number> {
@@ -237,9 +272,10 @@ async function cmdCheck(args: string[], out: Out): Promise<number> {
     explain: { type: 'boolean' },
   });
   if (values.help) return help(out, CHECK_HELP);
+  const path = required(values.path, '--path');
   const { loadConfigFile } = await import('../config/load.js');
   const { runCheck } = await import('./check.js');
-  const config = loadConfigFile(str(values.config) ?? 'portcullis.yaml');
+  const config = loadConfigFile(str(values.config) ?? 'portcullis.yaml', { policiesOnly: true });
   return runCheck(
     config,
     {
@@ -248,7 +284,7 @@ async function cmdCheck(args: string[], out: Out): Promise<number> {
       requestPrincipal: str(values['request-principal']),
       claims: str(values['jwt-claims']),
       method: str(values.method) ?? 'GET',
-      path: required(values.path, '--path'),
+      path,
       host: str(values.host),
       headers: strs(values.header),
       sourceIp: str(values['source-ip']),

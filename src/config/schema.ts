@@ -8,7 +8,18 @@ import { parseDuration } from './duration.js';
  * security config (`requireCert` for `requireCerts`) must not silently mean "use the default".
  */
 
+/**
+ * A duration needs a unit: `headersTimeout: 10` read as 10 ms would shed every client. Only 0
+ * (meaning "none" where a field allows it) may be written bare.
+ */
 const duration = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  if (typeof v === 'number' && v !== 0) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `${v} has no unit: write ${v}ms, or ${v}s if seconds were meant (units: ms, s, m, h, d)`,
+    });
+    return z.NEVER;
+  }
   const ms = parseDuration(v);
   if (ms === null) {
     ctx.addIssue({ code: 'custom', message: `"${v}" is not a duration (use e.g. 500ms, 5s, 10m, 1h)` });

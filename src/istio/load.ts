@@ -25,6 +25,14 @@ export interface PolicySet {
   readonly authorizationPolicies: readonly AuthorizationPolicy[];
   /** Every file read, for watching. */
   readonly files: readonly string[];
+  /** Resources in the policy files that are not security policies (a VirtualService, a Deployment): skipped. */
+  readonly ignored: readonly IgnoredResource[];
+}
+
+export interface IgnoredResource {
+  readonly file: string;
+  readonly kind: string;
+  readonly name: string;
 }
 
 const ISTIO_SECURITY = /^security\.istio\.io\/(v1|v1beta1)$/;
@@ -62,6 +70,7 @@ export function loadPolicies(paths: readonly string[], defaultNamespace: string)
   const peerAuthentications: PeerAuthentication[] = [];
   const requestAuthentications: RequestAuthentication[] = [];
   const authorizationPolicies: AuthorizationPolicy[] = [];
+  const ignored: IgnoredResource[] = [];
   const files = policyFiles(paths, issues);
   for (const file of files) {
     let text: string;
@@ -101,7 +110,15 @@ export function loadPolicies(paths: readonly string[], defaultNamespace: string)
         return;
       }
       // Other Kubernetes resources may share the folder (a Deployment beside its policies): skip them.
-      if (!res.apiVersion.startsWith('security.istio.io/')) return;
+      if (!res.apiVersion.startsWith('security.istio.io/')) {
+        const m = res.metadata as { name?: unknown } | null | undefined;
+        ignored.push({
+          file,
+          kind: `${res.apiVersion}/${res.kind}`,
+          name: typeof m?.name === 'string' ? m.name : '',
+        });
+        return;
+      }
       if (!ISTIO_SECURITY.test(res.apiVersion)) {
         issues.push({
           file,
@@ -134,7 +151,7 @@ export function loadPolicies(paths: readonly string[], defaultNamespace: string)
     });
   }
   if (issues.length > 0) throw new ConfigError('ERR_POLICY_INVALID', issues);
-  return { peerAuthentications, requestAuthentications, authorizationPolicies, files };
+  return { peerAuthentications, requestAuthentications, authorizationPolicies, files, ignored };
 }
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;

@@ -1,6 +1,6 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { join } from 'node:path';
@@ -265,6 +265,99 @@ describe('portcullis CLI', () => {
     const missing = await cli(['validate', '-c', dir.file('nope.yaml')]);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toContain('nope.yaml: file not found');
+  });
+
+  it('validate warns of resources it skips and of policies that apply to no workload here', async () => {
+    dir.write(
+      'warn-policies/mixed.yaml',
+      [
+        'apiVersion: networking.istio.io/v1',
+        'kind: VirtualService',
+        'metadata: { name: api-routes }',
+        'spec: { hosts: [api] }',
+        '---',
+        'apiVersion: security.istio.io/v1',
+        'kind: AuthorizationPolicy',
+        'metadata: { name: typo, namespace: default }',
+        'spec: { selector: { matchLabels: { app: ap } }, action: ALLOW, rules: [{}] }',
+        '---',
+        'apiVersion: security.istio.io/v1',
+        'kind: AuthorizationPolicy',
+        'metadata: { name: elsewhere, namespace: other }',
+        'spec: { action: DENY, rules: [{}] }',
+      ].join('\n'),
+    );
+    dir.write('warn.yaml', DOCUMENTED_CONFIG.replace('policies: [policies/]', 'policies: [warn-policies/]'));
+    const r = await cli(['validate', '-c', dir.file('warn.yaml')]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('warning: ');
+    expect(r.stdout).toContain(
+      'networking.istio.io/v1/VirtualService api-routes is not a security policy; skipped',
+    );
+    expect(r.stdout).toContain(
+      'AuthorizationPolicy default/typo applies to no workload here: its selector {"app":"ap"} does not match the workload labels {"app":"api"}',
+    );
+    expect(r.stdout).toContain(
+      'AuthorizationPolicy other/elsewhere applies to no workload here: its namespace other',
+    );
+  });
+
+  it('an unknown option is named, with the options the command takes', async () => {
+    const r = await cli(['run', '--bogus']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('unknown option --bogus (this command takes --config, and --help)');
+    expect(r.stderr).not.toContain("place it at the end of the command after '--'");
+  });
+
+  it('demo on a taken port suggests --port 0 and leaves no folder (with its CA key) behind', async () => {
+    const blocker = net.createServer();
+    await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
+    const port = (blocker.address() as net.AddressInfo).port;
+    const tmp = new TempDir();
+    try {
+      const r = await new Promise<Run>((resolve) => {
+        execFile(
+          process.execPath,
+          [BIN, 'demo', '--once', '--port', String(port), '--admin-port', '0'],
+          { env: { ...process.env, TMPDIR: tmp.path }, timeout: 30_000 },
+          (err, stdout, stderr) => resolve({ code: err === null ? 0 : Number(err.code), stdout, stderr }),
+        );
+      });
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain('--port 0 --admin-port 0');
+      expect(readdirSync(tmp.path)).toEqual([]);
+    } finally {
+      blocker.close();
+      tmp.cleanup();
+    }
+  });
+
+  it('check needs no identity block, and asks for --path before reading any config', async () => {
+    dir.write(
+      'noid.yaml',
+      [
+        'trustDomain: example.org',
+        'workload: { namespace: default, labels: { app: api } }',
+        'listeners: [{ name: inbound, address: 127.0.0.1:0, upstream: http://127.0.0.1:8080 }]',
+        'policies: [warn-policies/]',
+      ].join('\n'),
+    );
+    const r = await cli([
+      'check',
+      '-c',
+      dir.file('noid.yaml'),
+      '--path',
+      '/x',
+      '--principal',
+      'spiffe://example.org/ns/default/sa/web',
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    const noPath = await cli(['check', '-c', dir.file('does-not-exist.yaml')]);
+    expect(noPath.code).toBe(2);
+    expect(noPath.stderr).toContain('--path is required');
+    const run = await cli(['validate', '-c', dir.file('noid.yaml')]);
+    expect(run.code).toBe(1);
+    expect(run.stderr).toContain('identity');
   });
 
   it('check shows the decision, the deciding policy and rule, and explains with --explain', async () => {

@@ -91,6 +91,23 @@ describe('portcullis.yaml loading', () => {
     });
   });
 
+  it('refuses a duration without a unit, naming the field', () => {
+    const err = (() => {
+      try {
+        configFromObject({ ...MINIMAL, limits: { headersTimeout: 10 } }, '/x');
+      } catch (e) {
+        return e as ConfigError;
+      }
+      return null;
+    })();
+    expect(err?.issues[0]?.field).toBe('limits.headersTimeout');
+    expect(err?.issues[0]?.message).toContain('10ms, or 10s');
+    expect(
+      configFromObject({ ...MINIMAL, limits: { requestTimeout: 0 } }, '/x').listeners[0]?.limits
+        .requestTimeout,
+    ).toBe(0);
+  });
+
   it('accepts IPv6 listener addresses', () => {
     const c = configFromObject(
       { ...MINIMAL, listeners: [{ ...MINIMAL.listeners[0], address: '[::1]:0' }] },
