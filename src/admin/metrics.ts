@@ -22,6 +22,8 @@ export interface MetricsSources {
     jwksFetchFailures: number;
   };
   sinks(): readonly { name: string; written: number; dropped: number; buffered: number; failures: number }[];
+  /** Each key set (by its URL or file; inline sets as `inline`) and the keys it holds now. */
+  keySets(): readonly { id: string; keys: number }[];
   certificateNotAfter(): number;
   reloads(): { success: number; failure: number };
 }
@@ -228,6 +230,16 @@ export class Metrics {
       registers,
       collect() {
         this.set(Math.floor(sources.certificateNotAfter() / 1000));
+      },
+    });
+    new Gauge({
+      name: 'portcullis_jwks_keys',
+      help: 'Keys each JWKS key set holds now; 0 means tokens of its issuer are refused until a fetch succeeds.',
+      labelNames: ['jwks'],
+      registers,
+      collect() {
+        this.reset();
+        for (const k of sources.keySets()) this.labels({ jwks: k.id }).set(k.keys);
       },
     });
     new Counter({

@@ -146,8 +146,10 @@ export class JwksSource {
         this.stats.jwksFetchFailures++;
         this.lastError = err instanceof Error ? err.message : String(err);
         this.log.warn(
-          { jwks: this.id, err: this.lastError, keysKept: this.all.length },
-          'JWKS fetch failed; keeping the keys already held',
+          { jwks: this.id, error: this.lastError, keysKept: this.all.length },
+          this.all.length === 0
+            ? 'JWKS fetch failed and no keys are held yet: tokens of this issuer are refused (401) until a fetch succeeds'
+            : 'JWKS fetch failed; keeping the keys already held',
         );
       })
       .finally(() => {

@@ -203,7 +203,9 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   };
   let proxy: Portcullis;
   try {
-    proxy = await Portcullis.start(loadConfigFile(configFile), { logger: defaultLogger(opts.logLevel) });
+    proxy = await Portcullis.start(loadConfigFile(configFile), {
+      logger: await defaultLogger(opts.logLevel),
+    });
   } catch (err) {
     stopHelpers();
     // Nothing of a failed start stays behind: the throwaway folder holds a CA key.

@@ -60,10 +60,11 @@ Options:
 Exit codes: 0 allowed, 3 denied, 1 invalid config or policies, 2 usage error.
 `;
 
-const RUN_HELP = `portcullis run [-c FILE]
+const RUN_HELP = `portcullis run [-c FILE] [--log-format json|pretty|auto]
 
 Starts the proxy with the given config (default ./portcullis.yaml). Relative paths in the config
-resolve against the config file's folder. Logs are JSON lines on stderr.
+resolve against the config file's folder. Logs go to stderr: readable lines on a terminal, JSON
+lines otherwise (log.format in the config, or --log-format, decides instead).
 
 Signals:
   SIGTERM, SIGINT   graceful shutdown: stop accepting, drain in-flight requests, exit 0
@@ -171,12 +172,19 @@ function portFlag(v: unknown, flag: string, dflt: number): number {
 type Out = (line: string) => void;
 
 async function cmdRun(args: string[], out: Out): Promise<number> {
-  const { values } = parse(args, { config: { type: 'string', short: 'c' } });
+  const { values } = parse(args, {
+    config: { type: 'string', short: 'c' },
+    'log-format': { type: 'string' },
+  });
   if (values.help) return help(out, RUN_HELP);
+  const format = str(values['log-format']);
+  if (format !== undefined && format !== 'json' && format !== 'pretty' && format !== 'auto')
+    throw new PortcullisError('ERR_USAGE', `--log-format must be json, pretty or auto, not "${format}"`);
   const { loadConfigFile } = await import('../config/load.js');
   const config = loadConfigFile(str(values.config) ?? 'portcullis.yaml');
-  const { Portcullis } = await import('../proxy/portcullis.js');
-  const proxy = await Portcullis.start(config);
+  const { Portcullis, defaultLogger } = await import('../proxy/portcullis.js');
+  const logger = await defaultLogger(config.log.level, format ?? config.log.format);
+  const proxy = await Portcullis.start(config, { logger });
   return new Promise<number>((resolveExit) => {
     let stopping = false;
     const stop = (signal: string): void => {

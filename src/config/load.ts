@@ -81,7 +81,7 @@ export interface Config {
   readonly headersWithUnderscores: 'drop' | 'reject' | 'allow';
   readonly rejectOverrideHeaders: boolean;
   readonly watch: boolean;
-  readonly log: { readonly level: string };
+  readonly log: { readonly level: string; readonly format: 'auto' | 'json' | 'pretty' };
 }
 
 function fieldPath(path: readonly PropertyKey[]): string {

@@ -285,8 +285,10 @@ export const configSchema = z.strictObject({
   log: z
     .strictObject({
       level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+      /** `auto`: readable lines when stderr is a terminal, JSON lines otherwise. */
+      format: z.enum(['auto', 'json', 'pretty']).default('auto'),
     })
-    .default({ level: 'info' }),
+    .default({ level: 'info', format: 'auto' }),
 });
 
 export type ConfigInput = z.input<typeof configSchema>;

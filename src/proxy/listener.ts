@@ -9,6 +9,7 @@ import { PeerError, verifyPeer } from '../identity/verify-peer.js';
 import { PendingConnections } from '../transport/pending.js';
 import { kPeer, kXfcc, type PortcullisSocket, RequestContext } from './context.js';
 import { xfccElement } from './headers.js';
+import { LogLimiter } from './log-limit.js';
 import { runStages } from './pipeline.js';
 import type { ListenerPlan } from './plan.js';
 import { abortUpstream } from './upstream.js';
@@ -100,6 +101,8 @@ export class InboundListener {
   /** Reused out-parameter of PendingConnections.admit (no object per connection). */
   private readonly evicted: { socket: Socket | null } = { socket: null };
   private lastRefusalWarning = 0;
+  /** Client-caused log lines (refusals) per reason, at most one per 10 s each. */
+  private readonly logLimit = new LogLimiter();
 
   constructor(config: ListenerConfig, plan: ListenerPlan, log: Logger) {
     this.config = config;
@@ -282,6 +285,13 @@ export class InboundListener {
     this.stats.pending--;
     (socket as Socket & Tagged)[kTimedOut] = true;
     count(this.stats.refused, 'handshake-timeout');
+    const held = this.logLimit.allow('handshake-timeout');
+    if (held >= 0) {
+      this.log.info(
+        { listener: this.name, remote: socket.remoteAddress, held },
+        'connection closed: no verified handshake within handshakeTimeout (held: like lines not logged in the last 10 s)',
+      );
+    }
     this.plan.observer.peerRefused(
       this.name,
       'handshake-timeout',
@@ -323,10 +333,13 @@ export class InboundListener {
         socket.remoteAddress ?? '',
         socket.remotePort ?? 0,
       );
-      this.log.warn(
-        { listener: this.name, reason, remote: socket.remoteAddress, detail: (err as Error).message },
-        'peer refused',
-      );
+      const held = this.logLimit.allow(`peer:${reason}`);
+      if (held >= 0) {
+        this.log.warn(
+          { listener: this.name, reason, remote: socket.remoteAddress, detail: (err as Error).message, held },
+          'peer refused (held: like lines not logged in the last 10 s)',
+        );
+      }
       socket.destroy();
       return;
     }
@@ -364,7 +377,13 @@ export class InboundListener {
       socket?.remoteAddress ?? '',
       socket?.remotePort ?? 0,
     );
-    this.log.debug({ listener: this.name, code, message: err.message }, 'TLS handshake failed');
+    const held = this.logLimit.allow(`tls:${code}`);
+    if (held >= 0) {
+      this.log.info(
+        { listener: this.name, code, remote: socket?.remoteAddress, message: err.message, held },
+        'TLS handshake refused (held: like lines not logged in the last 10 s)',
+      );
+    }
   }
 
   /**
@@ -401,10 +420,13 @@ export class InboundListener {
       s.remotePort ?? 0,
       (s as Partial<tls.TLSSocket>).encrypted === true,
     );
-    this.log.debug(
-      { listener: this.name, code, reason: reply.reason, remote: s.remoteAddress },
-      'request refused by the HTTP parser',
-    );
+    const held = this.logLimit.allow(`request:${reply.reason}`);
+    if (held >= 0) {
+      this.log.info(
+        { listener: this.name, code, reason: reply.reason, remote: s.remoteAddress, held },
+        'request refused before the stages (held: like lines not logged in the last 10 s)',
+      );
+    }
     // A response already under way (a pipelined request behind it went bad) cannot be followed by
     // a clean reply: just close.
     const pending = s._httpMessage;

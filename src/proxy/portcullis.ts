@@ -21,12 +21,31 @@ import { RequestLineStage } from './stages/request-line.js';
 import { Upstream } from './upstream.js';
 
 export interface StartOptions {
-  /** A pino logger; by default JSON on stderr at the config's log level. */
+  /** A pino logger; by default on stderr at the config's log level and format. */
   logger?: Logger;
 }
 
-export function defaultLogger(level: string): Logger {
-  return pino({ level, base: { name: 'portcullis' } }, pino.destination({ dest: 2, sync: true }));
+export type LogFormat = 'auto' | 'json' | 'pretty';
+
+/**
+ * Logs on stderr: JSON lines for machines, or with `pretty` (and `auto` on a terminal) readable
+ * lines through pino-pretty, which is loaded only then.
+ */
+export async function defaultLogger(level: string, format: LogFormat = 'auto'): Promise<Logger> {
+  const opts = { level, base: { name: 'portcullis' } };
+  const pretty = format === 'pretty' || (format === 'auto' && process.stderr.isTTY === true);
+  if (!pretty) return pino(opts, pino.destination({ dest: 2, sync: true }));
+  const { default: prettyStream } = await import('pino-pretty');
+  return pino(
+    opts,
+    prettyStream({
+      destination: 2,
+      sync: true,
+      colorize: process.stderr.isTTY === true,
+      translateTime: 'SYS:HH:MM:ss.l',
+      ignore: 'pid,hostname,name',
+    }),
+  );
 }
 
 /**
@@ -64,6 +83,7 @@ export class Portcullis implements AdminStatus {
       listeners: () => this.listeners,
       jwt: () => this.jwks.stats,
       sinks: () => this.audit?.sinks ?? [],
+      keySets: () => this.jwks.list().map((k) => ({ id: keySetLabel(k.id), keys: k.keys().length })),
       certificateNotAfter: () => this.snapshot.credentials.notAfter,
       reloads: () => ({ success: this.reloads, failure: this.reloadFailures }),
     });
@@ -79,7 +99,7 @@ export class Portcullis implements AdminStatus {
 
   /** Loads everything, then listens. Throws ConfigError (nothing is listening then) if the config does not load. */
   static async start(config: Config, options: StartOptions = {}): Promise<Portcullis> {
-    const log = options.logger ?? defaultLogger(config.log.level);
+    const log = options.logger ?? (await defaultLogger(config.log.level, config.log.format));
     const snapshot = loadSnapshot(config, 1, log);
     const p = new Portcullis(config, snapshot, log);
     try {
@@ -273,7 +293,7 @@ export class Portcullis implements AdminStatus {
       jwt: {
         ...this.jwks.stats,
         keySets: this.jwks.list().map((s) => ({
-          id: s.id.startsWith('inline:') ? 'inline' : s.id,
+          id: keySetLabel(s.id),
           loaded: s.loaded,
           keys: s.keys().length,
           lastError: s.lastError,
@@ -329,4 +349,9 @@ export class Portcullis implements AdminStatus {
     this.listening = false;
     this.log.info('stopped');
   }
+}
+
+/** How a key set is named in /status and /metrics: inline key sets (their id is their content) as `inline`. */
+function keySetLabel(id: string): string {
+  return id.startsWith('inline:') ? 'inline' : id;
 }

@@ -13,6 +13,7 @@ import {
   REPLY_UPSTREAM_UNAVAILABLE,
   sendLocalReply,
 } from './local-reply.js';
+import { LogLimiter } from './log-limit.js';
 
 /** Methods whose requests carry no body unless they say so with Content-Length or Transfer-Encoding. */
 function hasBody(ctx: RequestContext): boolean {
@@ -48,6 +49,8 @@ export function replyForUpstreamError(err: Error & { code?: string }): LocalRepl
  */
 export class Upstream {
   readonly origin: string;
+  /** Upstream failures come one per request while it is down: one line per error code per 10 s. */
+  readonly logLimit = new LogLimiter();
   private readonly pool: Pool;
   private readonly log: Logger;
 
@@ -150,10 +153,14 @@ class Exchange {
     if (ctx.res.destroyed || ctx.req.destroyed) return; // the client went away; nothing to tell it
     const e = err as Error & { code?: string };
     const reply = replyForUpstreamError(e);
-    ctx.plan.upstream.logger.warn(
-      { err: { code: e.code, message: err.message }, upstream: ctx.plan.upstream.origin },
-      'upstream request failed',
-    );
+    const upstream = ctx.plan.upstream;
+    const held = upstream.logLimit.allow(e.code ?? 'error');
+    if (held >= 0)
+      upstream.logger.warn(
+        // Not under `err`: pino's error serializer would turn a plain object into {type:"Object",stack:""}.
+        { code: e.code, message: err.message, upstream: upstream.origin, held },
+        'upstream request failed (held: like lines not logged in the last 10 s)',
+      );
     ctx.localReason = reply.reason;
     sendLocalReply(ctx.res, reply);
   }

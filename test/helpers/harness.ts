@@ -1,4 +1,4 @@
-import pino from 'pino';
+import pino, { type Logger } from 'pino';
 import { configFromObject } from '../../src/config/load.js';
 import { Portcullis } from '../../src/proxy/portcullis.js';
 import { makePki, TempDir, type TestPki } from './pki.js';
@@ -30,6 +30,18 @@ export interface HarnessOptions {
   files?: Record<string, string | Buffer>;
   /** Anything else to prepare in the temp folder before starting (symlinks, modes). */
   setup?: (dir: TempDir) => void;
+  /** The proxy's logger (default: silent unless PORTCULLIS_TEST_LOG is set). */
+  logger?: Logger;
+}
+
+/** A logger that keeps every line as an object, for tests about what is logged. */
+export function memoryLogger(level = 'info'): { logger: Logger; lines: Record<string, unknown>[] } {
+  const lines: Record<string, unknown>[] = [];
+  const logger = pino(
+    { level },
+    { write: (s: string) => lines.push(JSON.parse(s) as Record<string, unknown>) },
+  );
+  return { logger, lines };
 }
 
 /** Writes PKI and policies to a temp folder, starts a real upstream and a real proxy on port 0. */
@@ -58,7 +70,7 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
     ...opts.config,
   };
   const proxy = await Portcullis.start(configFromObject(raw, dir.path, dir.file('portcullis.yaml')), {
-    logger: testLogger,
+    logger: opts.logger ?? testLogger,
   });
   const port = proxy.listenerAddress('inbound').port;
   return {
