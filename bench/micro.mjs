@@ -246,9 +246,11 @@ try {
   rmSync(dir, { recursive: true, force: true });
 }
 
-mkdirSync(join(HERE, 'results'), { recursive: true });
+// run.mjs names the folder (bench/results, or bench/results/quick for --quick runs).
+const outDir = process.argv.slice(2).find((a) => !a.startsWith('--')) ?? join(HERE, 'results');
+mkdirSync(outDir, { recursive: true });
 writeFileSync(
-  join(HERE, 'results', 'micro-latest.json'),
+  join(outDir, 'micro-latest.json'),
   `${JSON.stringify({ time: new Date().toISOString(), node: process.version, results }, null, 2)}\n`,
 );
-console.log('\nwrote bench/results/micro-latest.json');
+console.log(`\nwrote ${join(outDir, 'micro-latest.json')}`);

@@ -346,48 +346,86 @@ for (const name of ['upstream alone', 'portcullis everything (RS256, audit)']) {
 
 // ---------- report ----------
 const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
-const rows = timed.map((t) => ({
-  target: t.name,
-  reqPerSec: Math.round(mean(t.runs.map((r) => r.requests.average))),
-  p50: mean(t.runs.map((r) => r.latency.p50)),
-  p90: mean(t.runs.map((r) => r.latency.p90)),
-  p99: mean(t.runs.map((r) => r.latency.p99)),
-  errors: t.runs.reduce((a, r) => a + r.errors, 0),
-  non2xx: t.runs.reduce((a, r) => a + r.non2xx, 0),
-  key: t.key,
-}));
-const by = (k) => rows.find((r) => r.key === k);
-const ratio = (a, b) => (a && b ? Math.round((a.reqPerSec / b.reqPerSec) * 100) / 100 : null);
-const ratios = {
-  everythingVsBaseline: ratio(by('full'), by('baseline')),
-  everythingVsHaproxy: ratio(by('full'), by('haproxy')),
-  everythingVsMtlsOnly: ratio(
-    by('full'),
-    rows.find((r) => r.target === 'portcullis mTLS only'),
-  ),
-  auditOnVsOff: ratio(by('full'), by('noaudit')),
-  regoVsEverything: ratio(by('rego'), by('full')),
-};
+const rows = timed.map((t) => {
+  const rates = t.runs.map((r) => r.requests.average);
+  return {
+    target: t.name,
+    reqPerSec: Math.round(mean(rates)),
+    // Spread across rounds: what the same target measured from one round to the next.
+    minReqPerSec: Math.round(Math.min(...rates)),
+    maxReqPerSec: Math.round(Math.max(...rates)),
+    p50: mean(t.runs.map((r) => r.latency.p50)),
+    p90: mean(t.runs.map((r) => r.latency.p90)),
+    p99: mean(t.runs.map((r) => r.latency.p99)),
+    errors: t.runs.reduce((a, r) => a + r.errors, 0),
+    non2xx: t.runs.reduce((a, r) => a + r.non2xx, 0),
+    key: t.key,
+  };
+});
+const timedBy = (k) => timed.find((t) => t.key === k);
+const round2 = (x) => Math.round(x * 100) / 100;
+/**
+ * A ratio of two targets' throughput: the mean over rounds, and its range (each round's ratio, the
+ * two targets measured back to back in that round).
+ */
+function ratio(a, b) {
+  const ta = typeof a === 'string' ? timedBy(a) : a;
+  const tb = typeof b === 'string' ? timedBy(b) : b;
+  if (ta === undefined || tb === undefined) return null;
+  const per = ta.runs.map((r, i) => r.requests.average / tb.runs[i].requests.average);
+  return {
+    value: round2(
+      mean(ta.runs.map((r) => r.requests.average)) / mean(tb.runs.map((r) => r.requests.average)),
+    ),
+    min: round2(Math.min(...per)),
+    max: round2(Math.max(...per)),
+  };
+}
+const mtlsOnly = timed.find((t) => t.name === 'portcullis mTLS only');
+const RATIOS = [
+  ['everythingVsBaseline', 'everything on / hand-written Node PEP', ratio('full', 'baseline'), 2.5, '≥ 2.5×'],
+  ['everythingVsHaproxy', 'everything on / HAProxy', ratio('full', 'haproxy'), 1.0, '≥ 1.0×'],
+  ['everythingVsMtlsOnly', 'everything on / mTLS only', ratio(timedBy('full'), mtlsOnly), 0.9, '≥ 0.9×'],
+  ['auditOnVsOff', 'audit on / audit off', ratio('full', 'noaudit'), null, 'no measurable cost'],
+  ['regoVsEverything', 'everything + Rego / everything', ratio('rego', 'full'), null, ''],
+];
+const ratios = Object.fromEntries(RATIOS.map(([k, , r]) => [k, r]));
+const fmtRatio = (r) =>
+  r === null
+    ? 'n/a'
+    : ROUNDS > 1
+      ? `${r.value.toFixed(2)}× (rounds ${r.min.toFixed(2)}–${r.max.toFixed(2)}×)`
+      : `${r.value.toFixed(2)}×`;
+const verdict = (r, goal) =>
+  r === null || goal === null ? '' : r.value >= goal ? ' — met' : ' — **missed**';
 
 const table = [
-  `| target | req/s | p50 ms | p90 ms | p99 ms | errors | non-2xx |`,
-  `|---|---:|---:|---:|---:|---:|---:|`,
+  `| target | req/s | range over rounds | p50 ms | p90 ms | p99 ms | errors | non-2xx |`,
+  `|---|---:|---:|---:|---:|---:|---:|---:|`,
   ...rows.map(
     (r) =>
-      `| ${r.target} | ${r.reqPerSec} | ${r.p50.toFixed(2)} | ${r.p90.toFixed(2)} | ${r.p99.toFixed(2)} | ${r.errors} | ${r.non2xx} |`,
+      `| ${r.target} | ${r.reqPerSec} | ${r.minReqPerSec}–${r.maxReqPerSec} | ${r.p50.toFixed(2)} | ${r.p90.toFixed(2)} | ${r.p99.toFixed(2)} | ${r.errors} | ${r.non2xx} |`,
   ),
 ].join('\n');
+const ratioTable = [
+  '| ratio of throughput (same run) | measured | target |',
+  '|---|---:|---:|',
+  ...RATIOS.map(
+    ([k, label, r, goal, target]) =>
+      `| ${label} | ${k === 'everythingVsHaproxy' && r === null ? `n/a (${hap.note})` : fmtRatio(r)} | ${target}${verdict(r, goal)} |`,
+  ),
+  ...Object.entries(fixed).map(
+    ([name, f]) => `| p50 / p99 at a fixed ${f.rate} req/s, ${name} | ${f.p50} / ${f.p99} ms | |`,
+  ),
+].join('\n');
+const noise =
+  ROUNDS > 1
+    ? `Each ratio is the mean over ${ROUNDS} interleaved rounds; the range gives each round's ratio.`
+    : 'One round only (--quick): there is no spread to report, and on a shared 2-core machine a ratio can move by ±15 % or more from one run to the next. Use the full run (3 rounds) for figures to quote.';
 const cpu = cpus()[0]?.model ?? 'unknown CPU';
 const machine = `${cpus().length} × ${cpu}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`;
-console.log(`\n${table}\n`);
+console.log(`\n${table}\n\n${ratioTable}\n\n${noise}\n`);
 console.log(`machine: ${machine}`);
-console.log(`everything-on / hand-written baseline: ${ratios.everythingVsBaseline ?? 'n/a'}×`);
-console.log(`everything-on / HAProxy: ${ratios.everythingVsHaproxy ?? `n/a (${hap.note})`}`);
-console.log(`everything-on / mTLS only: ${ratios.everythingVsMtlsOnly ?? 'n/a'}×`);
-console.log(`audit on / audit off: ${ratios.auditOnVsOff ?? 'n/a'}×`);
-console.log(`everything + Rego / everything: ${ratios.regoVsEverything ?? 'n/a'}×`);
-for (const [name, f] of Object.entries(fixed))
-  console.log(`at ${f.rate} req/s, ${name}: p50 ${f.p50} ms, p99 ${f.p99} ms`);
 for (const t of selected.filter((x) => x.excluded)) console.log(`not compared: ${t.name} (${t.excluded})`);
 
 const report = {
@@ -403,14 +441,19 @@ const report = {
   haproxy: hap.note,
   excluded: selected.filter((x) => x.excluded).map((x) => ({ target: x.name, why: x.excluded })),
 };
-const resultsDir = join(HERE, 'results');
+// Quick runs never overwrite the committed results of a full run.
+const resultsDir = QUICK ? join(HERE, 'results', 'quick') : join(HERE, 'results');
+const shown = QUICK ? 'bench/results/quick' : 'bench/results';
 mkdirSync(resultsDir, { recursive: true });
 const stamp = report.time.replace(/[:.]/g, '-');
 writeFileSync(join(resultsDir, `${stamp}.json`), `${JSON.stringify(report, null, 2)}\n`);
 writeFileSync(join(resultsDir, 'latest.json'), `${JSON.stringify(report, null, 2)}\n`);
 writeSvg(join(resultsDir, 'latest.svg'), report);
-writeFileSync(join(resultsDir, 'latest.md'), `${table}\n\nmachine: ${machine}\n`);
-log(`\nwrote bench/results/${stamp}.json, latest.json, latest.svg, latest.md`);
+writeFileSync(
+  join(resultsDir, 'latest.md'),
+  `${report.mode} run, ${report.time}: ${ROUNDS} round(s) × ${DURATION} s per target, ${CONNECTIONS} connections, interleaved\n\n${table}\n\n${ratioTable}\n\n${noise}\n\nmachine: ${machine}\n`,
+);
+log(`\nwrote ${shown}/${stamp}.json, latest.json, latest.svg, latest.md`);
 
 // The hot-path micro-benchmarks, in a process of their own (they need --expose-gc and a large
 // young generation to measure allocation).
@@ -418,7 +461,13 @@ for (const c of children) c.kill('SIGTERM');
 log('\nmicro-benchmarks:');
 spawnSync(
   process.execPath,
-  ['--expose-gc', '--max-semi-space-size=128', join(HERE, 'micro.mjs'), ...(QUICK ? ['--quick'] : [])],
+  [
+    '--expose-gc',
+    '--max-semi-space-size=128',
+    join(HERE, 'micro.mjs'),
+    ...(QUICK ? ['--quick'] : []),
+    resultsDir,
+  ],
   {
     stdio: 'inherit',
   },
