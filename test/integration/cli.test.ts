@@ -305,7 +305,9 @@ describe('portcullis CLI', () => {
   it('an unknown option is named, with the options the command takes', async () => {
     const r = await cli(['run', '--bogus']);
     expect(r.code).toBe(2);
-    expect(r.stderr).toContain('unknown option --bogus (this command takes --config, --log-format, and --help)');
+    expect(r.stderr).toContain(
+      'unknown option --bogus (this command takes --config, --log-format, and --help)',
+    );
     expect(r.stderr).not.toContain("place it at the end of the command after '--'");
   });
 
