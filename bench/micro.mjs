@@ -16,6 +16,7 @@ import { SpiffeId } from '../dist/identity/spiffe-id.js';
 import { parseAuthorizationPolicy } from '../dist/istio/authorization-policy.js';
 import { loadPolicies } from '../dist/istio/load.js';
 import { RequestContext } from '../dist/proxy/context.js';
+import { prepareRequest } from '../dist/proxy/prelude.js';
 import { JwtStage } from '../dist/proxy/stages/jwt.js';
 import { RequestLineStage } from '../dist/proxy/stages/request-line.js';
 import { policiesYaml } from './policies.mjs';
@@ -234,13 +235,15 @@ try {
     method: 'GET',
     url: '/api/v1/items/42?x=1',
     headers: { host: 'api', 'x-request-id': 'abc-123' },
-    rawHeaders: [],
+    rawHeaders: ['Host', 'api', 'X-Request-Id', 'abc-123'],
     socket: { remoteAddress: '127.0.0.1' },
   };
   results.push(
-    await measure('request context build + request-line stage', () =>
-      rl.run(new RequestContext(null, plainReq, fakeRes)),
-    ),
+    await measure('request context build + prelude + request-line stage (Host and header checks)', () => {
+      const ctx = new RequestContext(null, plainReq, fakeRes);
+      prepareRequest(ctx, 0);
+      if (rl.run(ctx) !== null) throw new Error('the request line refused the benchmark request');
+    }),
   );
 } finally {
   rmSync(dir, { recursive: true, force: true });

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import type { RequestAttributes } from '../authz/attributes.js';
 import type { DecisionOut } from '../authz/compile.js';
+import { headerText, parseQuery } from '../authz/query.js';
 import type { AuditConfig, AuditDecisions, SinkConfig } from '../config/types.js';
 import { FileSink, HttpSink, type Sink, StdoutSink } from './sinks.js';
 
@@ -21,7 +22,6 @@ export interface AuditedRequest extends RequestAttributes, DecisionOut {
   readonly startTime: number;
   readonly startedAt: number;
   readonly requestId: string;
-  readonly localReason: string;
   readonly upstreamStart: number;
   readonly upstreamEnd: number;
   readonly upstreamStatus: number;
@@ -30,38 +30,9 @@ export interface AuditedRequest extends RequestAttributes, DecisionOut {
   readonly res: { readonly statusCode: number; readonly writableFinished: boolean };
 }
 
-/** Local-reply reasons that are refusals (the rest, such as an upstream failure, follow an allow). */
-const DENY_REASONS: ReadonlySet<string> = new Set([
-  'bad-request',
-  'header-too-large',
-  'request-timeout',
-  'method-not-allowed',
-  'jwt-invalid',
-  'jwt-audience',
-  'rbac-denied',
-  'ext-authz-denied',
-  'ext-authz-error',
-  'rego-denied',
-  'rego-error',
-  'internal-error',
-]);
-
 function round(n: number, digits: number): number {
   const f = 10 ** digits;
   return Math.round(n * f) / f;
-}
-
-export function isDeny(ctx: AuditedRequest): boolean {
-  return ctx.localReason !== '' && DENY_REASONS.has(ctx.localReason);
-}
-
-/** The reason recorded: why it was refused, or on what grounds it was let through. */
-export function reasonOf(ctx: AuditedRequest, authorized: boolean): string {
-  if (ctx.localReason === 'rbac-denied')
-    return ctx.reason === 'denied-by-policy' ? 'policy' : 'no-matching-allow';
-  if (ctx.localReason !== '') return ctx.localReason;
-  if (!authorized) return 'no-policies';
-  return ctx.reason === 'allowed-by-policy' ? 'policy' : ctx.reason;
 }
 
 export class AuditLog {
@@ -78,7 +49,10 @@ export class AuditLog {
     });
   }
 
-  /** Called once a response is finished (or the client went away). Appends; never waits. */
+  /**
+   * Called once a response is finished (or the client went away), with the decision (`deny`) and
+   * reason the proxy read from its reply table. Appends; never waits.
+   */
   recordRequest(
     ctx: AuditedRequest,
     listener: string,
@@ -97,7 +71,7 @@ export class AuditLog {
       headers = {};
       for (const h of c.headers) {
         const v = ctx.headers[h];
-        if (v !== undefined) headers[h] = Array.isArray(v) ? v.join(', ') : v;
+        if (v !== undefined) headers[h] = headerText(v) as string;
       }
     }
     const event = {
@@ -216,22 +190,7 @@ export class AuditLog {
 
 /** The query with the value of every token parameter replaced by `REDACTED` (names compared decoded). */
 export function redactQuery(query: string, tokenParams: ReadonlySet<string>): string {
-  const pairs = query.split('&');
-  let changed = false;
-  for (let i = 0; i < pairs.length; i++) {
-    const pair = pairs[i] as string;
-    const eq = pair.indexOf('=');
-    const key = eq === -1 ? pair : pair.slice(0, eq);
-    let name = key;
-    try {
-      name = decodeURIComponent(key);
-    } catch {
-      // an undecodable name is compared as sent
-    }
-    if (tokenParams.has(name)) {
-      pairs[i] = `${key}=REDACTED`;
-      changed = true;
-    }
-  }
-  return changed ? pairs.join('&') : query;
+  const pairs = parseQuery(query);
+  if (!pairs.some((p) => tokenParams.has(p.name))) return query;
+  return pairs.map((p) => (tokenParams.has(p.name) ? `${p.raw.split('=', 1)[0]}=REDACTED` : p.raw)).join('&');
 }

@@ -515,15 +515,6 @@ function headersRead(policies: readonly AuthorizationPolicy[]): Set<string> {
   return out;
 }
 
-function usesRemoteIp(p: AuthorizationPolicy): boolean {
-  for (const r of p.rules ?? []) {
-    for (const s of r.from ?? [])
-      if (s.remoteIpBlocks !== undefined || s.notRemoteIpBlocks !== undefined) return true;
-    for (const c of r.when ?? []) if (c.key === 'remote.ip') return true;
-  }
-  return false;
-}
-
 /**
  * The decision function for one workload. Evaluation order (Istio's): DENY policies first — any
  * match denies; then, if the workload has at least one ALLOW policy, one must match; with none,
@@ -538,8 +529,6 @@ export class Authorizer {
   readonly custom: readonly CompiledPolicy[];
   readonly shadowDeny: readonly CompiledPolicy[];
   readonly shadowAllow: readonly CompiledPolicy[];
-  /** Whether any policy reads remote.ip / remoteIpBlocks (so X-Forwarded-For must be parsed). */
-  readonly needsRemoteIp: boolean;
   /** Request headers some policy reads: the upstream must receive them as they were authorized. */
   readonly headers: ReadonlySet<string>;
   readonly all: readonly CompiledPolicy[];
@@ -559,7 +548,6 @@ export class Authorizer {
     this.custom = bucket('CUSTOM', false);
     this.shadowDeny = bucket('DENY', true);
     this.shadowAllow = bucket('ALLOW', true);
-    this.needsRemoteIp = policies.some(usesRemoteIp);
     this.headers = headersRead(policies);
     this.all = [
       ...this.custom,

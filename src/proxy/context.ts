@@ -2,7 +2,9 @@ import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:
 import type { TLSSocket } from 'node:tls';
 import type { RequestAttributes } from '../authz/attributes.js';
 import type { CompiledPolicy, DecisionOut, DecisionReason } from '../authz/compile.js';
+import { parseQuery } from '../authz/query.js';
 import type { PeerIdentity } from '../identity/verify-peer.js';
+import type { LocalReply } from './local-reply.js';
 import type { ListenerPlan } from './plan.js';
 
 const NO_AUDIENCES: readonly string[] = Object.freeze([]);
@@ -31,8 +33,8 @@ export class RequestContext implements RequestAttributes, DecisionOut {
   readonly startedAt: number;
   /** The request's id: the client's valid x-request-id, or one made here (and forwarded). */
   requestId: string;
-  /** The reason of the local reply sent, or '' when the request was forwarded. */
-  localReason: string;
+  /** The local reply sent (an entry of the reply table), or null when the request was forwarded. */
+  reply: LocalReply | null;
   /** performance.now() when forwarding began and when the upstream response ended (0: not yet). */
   upstreamStart: number;
   upstreamEnd: number;
@@ -91,7 +93,7 @@ export class RequestContext implements RequestAttributes, DecisionOut {
     this.startTime = performance.now();
     this.startedAt = Date.now();
     this.requestId = '';
-    this.localReason = '';
+    this.reply = null;
     this.upstreamStart = 0;
     this.upstreamEnd = 0;
     this.peer = peer;
@@ -145,19 +147,10 @@ export class RequestContext implements RequestAttributes, DecisionOut {
   /** Removes every `name=` pair from the query forwarded upstream. */
   removeQueryParam(name: string): void {
     if (this.query === '') return;
-    const kept: string[] = [];
-    for (const pair of this.query.split('&')) {
-      const eq = pair.indexOf('=');
-      const key = eq === -1 ? pair : pair.slice(0, eq);
-      let decoded = key;
-      try {
-        decoded = decodeURIComponent(key);
-      } catch {
-        // keep the raw key: a pair that does not decode is not the parameter asked for
-      }
-      if (decoded !== name) kept.push(pair);
-    }
-    this.query = kept.join('&');
+    this.query = parseQuery(this.query)
+      .filter((p) => p.name !== name)
+      .map((p) => p.raw)
+      .join('&');
     const q = this.forwardTarget.indexOf('?');
     const base = q === -1 ? this.forwardTarget : this.forwardTarget.slice(0, q);
     this.forwardTarget = this.query === '' ? base : `${base}?${this.query}`;

@@ -9,9 +9,11 @@ import { PeerError, verifyPeer } from '../identity/verify-peer.js';
 import { PendingConnections } from '../transport/pending.js';
 import { kPeer, kXfcc, type PortcullisSocket, RequestContext } from './context.js';
 import { xfccElement } from './headers.js';
+import { type LocalReply, REPLIES } from './local-reply.js';
 import { LogLimiter } from './log-limit.js';
 import { runStages } from './pipeline.js';
 import type { ListenerPlan } from './plan.js';
+import { prepareRequest } from './prelude.js';
 import { abortUpstream } from './upstream.js';
 
 const kListener = Symbol('portcullis.listener');
@@ -50,26 +52,22 @@ export class ListenerStats {
   active = 0;
 }
 
-/** What a request the parser refused is answered with: fixed bytes, made once. */
-class ClientErrorReply {
-  readonly status: number;
-  readonly reason: string;
-  readonly bytes: Buffer;
-
-  constructor(status: number, reason: string) {
-    this.status = status;
-    this.reason = reason;
-    this.bytes = Buffer.from(
-      `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`,
-      'latin1',
-    );
-  }
+/**
+ * A request the parser refused is answered with fixed bytes (there is no ServerResponse for it),
+ * made once from its entry of the reply table.
+ */
+function rawReply(r: LocalReply): Buffer {
+  return Buffer.from(
+    `HTTP/1.1 ${r.status} ${http.STATUS_CODES[r.status]}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`,
+    'latin1',
+  );
 }
 
-const CLIENT_ERROR_400 = new ClientErrorReply(400, 'bad-request');
-const CLIENT_ERROR_408 = new ClientErrorReply(408, 'request-timeout');
-const CLIENT_ERROR_431 = new ClientErrorReply(431, 'header-too-large');
-const CLIENT_ERROR_405 = new ClientErrorReply(405, 'method-not-allowed');
+const PARSER_REPLIES: ReadonlyMap<LocalReply, Buffer> = new Map(
+  [REPLIES.parserBadRequest, REPLIES.requestTimeout, REPLIES.headerTooLarge, REPLIES.methodNotAllowed].map(
+    (r) => [r, rawReply(r)] as const,
+  ),
+);
 
 function count(map: Map<string, number>, key: string): void {
   map.set(key, (map.get(key) ?? 0) + 1);
@@ -404,12 +402,12 @@ export class InboundListener {
     }
     const reply =
       code === 'HPE_HEADER_OVERFLOW'
-        ? CLIENT_ERROR_431
+        ? REPLIES.headerTooLarge
         : code === 'ERR_HTTP_REQUEST_TIMEOUT'
-          ? CLIENT_ERROR_408
+          ? REPLIES.requestTimeout
           : code === 'CONNECT'
-            ? CLIENT_ERROR_405
-            : CLIENT_ERROR_400;
+            ? REPLIES.methodNotAllowed
+            : REPLIES.parserBadRequest;
     const peer = s[kPeer] ?? null;
     this.plan.observer.clientError(
       this.name,
@@ -434,7 +432,7 @@ export class InboundListener {
       s.destroy();
       return;
     }
-    s.write(reply.bytes);
+    s.write(PARSER_REPLIES.get(reply) as Buffer);
     s.destroySoon();
   }
 
@@ -526,6 +524,7 @@ function startRequest(
   ctx.expectContinue = expectContinue;
   (res as http.ServerResponse & { [kContext]?: RequestContext })[kContext] = ctx;
   res.once('close', onResponseClose);
+  prepareRequest(ctx, listener.plan.snapshot.config.trustedProxies);
   runStages(ctx, 0);
 }
 

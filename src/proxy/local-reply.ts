@@ -1,14 +1,45 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
 /**
- * A response the proxy makes itself (Envoy's "local reply"). Bodies and headers are built once at
- * module load; sending one allocates nothing but the write.
+ * gRPC status for an HTTP status, as Envoy maps a local reply for a gRPC client (gRPC's
+ * "HTTP to gRPC Status Code Mapping"): 401 → UNAUTHENTICATED, 403 → PERMISSION_DENIED,
+ * 429/502/503/504 → UNAVAILABLE, 400 → INTERNAL, anything else UNKNOWN.
+ */
+export function grpcStatusFor(status: number): number {
+  switch (status) {
+    case 400:
+      return 13;
+    case 401:
+      return 16;
+    case 403:
+      return 7;
+    case 404:
+      return 12;
+    case 429:
+    case 502:
+    case 503:
+    case 504:
+      return 14;
+    default:
+      return status >= 200 && status < 300 ? 0 : 2;
+  }
+}
+
+/**
+ * A response the proxy makes itself (Envoy's "local reply"): one entry of the reply table. What
+ * it means is decided here and nowhere else: the status and body sent, the reason recorded in
+ * audit events and metrics, whether it is a refusal (deny) or a reply after an allow (an upstream
+ * failure), and the gRPC status a gRPC client gets. Bodies and headers are built once; sending one
+ * allocates nothing but the write.
  */
 export class LocalReply {
   readonly status: number;
   readonly body: Buffer;
   /** Short reason for logs and audit (e.g. `upstream-unavailable`). */
   readonly reason: string;
+  /** A refusal by the proxy (decision `deny`), as opposed to a reply after the request was allowed. */
+  readonly deny: boolean;
+  readonly grpcStatus: number;
   readonly headers: Readonly<Record<string, string | string[]>>;
   /** Add `WWW-Authenticate: Bearer realm="<request URL>"` (RFC 6750 §3), as Envoy does on a JWT failure. */
   readonly bearerChallenge: boolean;
@@ -18,31 +49,73 @@ export class LocalReply {
     status: number,
     reason: string,
     body: string | Buffer,
-    extraHeaders?: Record<string, string | string[]>,
-    bearerChallenge = false,
+    opts: {
+      deny: boolean;
+      headers?: Record<string, string | string[]>;
+      bearerChallenge?: boolean;
+    },
   ) {
     this.status = status;
     this.reason = reason;
-    this.bearerChallenge = bearerChallenge;
-    this.body = typeof body === 'string' ? Buffer.from(body.endsWith('\n') ? body : `${body}\n`) : body;
+    this.deny = opts.deny;
+    this.grpcStatus = grpcStatusFor(status);
+    this.bearerChallenge = opts.bearerChallenge ?? false;
+    this.body =
+      typeof body === 'string' ? Buffer.from(body === '' || body.endsWith('\n') ? body : `${body}\n`) : body;
     this.headers = {
       'content-type': 'text/plain; charset=utf-8',
-      ...extraHeaders,
+      ...opts.headers,
       // Always the length of the body actually sent, whatever a relayed header said.
       'content-length': String(this.body.length),
     };
   }
+
+  /** A refusal whose status, body and headers come from elsewhere (an external authorizer, a Rego policy). */
+  static refusal(
+    status: number,
+    reason: string,
+    body: string | Buffer,
+    headers: Record<string, string | string[]>,
+  ): LocalReply {
+    return new LocalReply(status, reason, body, { deny: true, headers });
+  }
 }
 
-// Bodies follow Envoy's wording where a mesh user would recognise it.
-export const REPLY_BAD_REQUEST = new LocalReply(400, 'bad-request', 'Bad Request', { connection: 'close' });
-export const REPLY_UPSTREAM_UNAVAILABLE = new LocalReply(
-  503,
-  'upstream-unavailable',
-  'upstream connect error or disconnect/reset before headers. reset reason: connection failure',
-);
-export const REPLY_UPSTREAM_TIMEOUT = new LocalReply(504, 'upstream-timeout', 'upstream request timeout');
-export const REPLY_UPSTREAM_ERROR = new LocalReply(502, 'upstream-error', 'upstream protocol error');
+/**
+ * The reply table. Bodies follow Envoy's wording where a mesh user would recognise it. Dynamic
+ * refusals (CUSTOM authorizers, Rego objects) are made with LocalReply.refusal and are denies too.
+ */
+export const REPLIES = {
+  badRequest: new LocalReply(400, 'bad-request', 'Bad Request', {
+    deny: true,
+    headers: { connection: 'close' },
+  }),
+  jwtInvalid: new LocalReply(401, 'jwt-invalid', 'Jwt verification fails', {
+    deny: true,
+    bearerChallenge: true,
+  }),
+  jwtAudience: new LocalReply(403, 'jwt-audience', 'Audiences in Jwt are not allowed', { deny: true }),
+  rbacDenied: new LocalReply(403, 'rbac-denied', 'RBAC: access denied', { deny: true }),
+  regoDenied: new LocalReply(403, 'rego-denied', 'RBAC: access denied', { deny: true }),
+  regoError: new LocalReply(403, 'rego-error', 'RBAC: access denied', { deny: true }),
+  internal: new LocalReply(500, 'internal-error', 'internal error', { deny: true }),
+  upstreamUnavailable: new LocalReply(
+    503,
+    'upstream-unavailable',
+    'upstream connect error or disconnect/reset before headers. reset reason: connection failure',
+    { deny: false },
+  ),
+  upstreamTimeout: new LocalReply(504, 'upstream-timeout', 'upstream request timeout', { deny: false }),
+  upstreamError: new LocalReply(502, 'upstream-error', 'upstream protocol error', { deny: false }),
+  /** `OPTIONS *` asks about the server, not a resource: after authorization the proxy answers it. */
+  optionsAsterisk: new LocalReply(200, 'options-asterisk', '', { deny: false }),
+  // Requests Node's HTTP parser refuses before they become requests (answered with raw bytes by
+  // the listener, from these entries).
+  parserBadRequest: new LocalReply(400, 'bad-request', '', { deny: true }),
+  requestTimeout: new LocalReply(408, 'request-timeout', '', { deny: true }),
+  headerTooLarge: new LocalReply(431, 'header-too-large', '', { deny: true }),
+  methodNotAllowed: new LocalReply(405, 'method-not-allowed', '', { deny: true }),
+} as const;
 
 /** `challenge` is the WWW-Authenticate value for replies that carry one, else ''. */
 export function sendLocalReply(res: ServerResponse, reply: LocalReply, challenge = ''): void {
@@ -69,6 +142,3 @@ export function declaresBody(req: IncomingMessage): boolean {
     h['transfer-encoding'] !== undefined || (h['content-length'] !== undefined && h['content-length'] !== '0')
   );
 }
-
-/** `OPTIONS *` asks about the server, not a resource: after authorization the proxy answers it. */
-export const REPLY_OPTIONS_ASTERISK = new LocalReply(200, 'options-asterisk', Buffer.alloc(0));

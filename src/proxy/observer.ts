@@ -1,5 +1,5 @@
 import type { Metrics } from '../admin/metrics.js';
-import { type AuditLog, isDeny, reasonOf } from '../audit/log.js';
+import type { AuditLog } from '../audit/log.js';
 import type { RequestContext } from './context.js';
 
 /**
@@ -16,7 +16,8 @@ export class RequestObserver {
   }
 
   finished(ctx: RequestContext, listener: string, authorized: boolean): void {
-    const deny = isDeny(ctx);
+    const reply = ctx.reply;
+    const deny = reply?.deny === true;
     const reason = reasonOf(ctx, authorized);
     const upstream =
       ctx.upstreamStart === 0 ? -1 : ((ctx.upstreamEnd || performance.now()) - ctx.upstreamStart) / 1000;
@@ -48,4 +49,14 @@ export class RequestObserver {
   peerRefused(listener: string, reason: string, detail: string, address: string, port: number): void {
     this.audit?.recordConnection(listener, reason, detail, address, port);
   }
+}
+
+/** The reason recorded: why it was refused (the reply table's reason), or on what grounds it was let through. */
+function reasonOf(ctx: RequestContext, authorized: boolean): string {
+  const reply = ctx.reply;
+  if (reply !== null && reply.reason === 'rbac-denied')
+    return ctx.reason === 'denied-by-policy' ? 'policy' : 'no-matching-allow';
+  if (reply !== null) return reply.reason;
+  if (!authorized) return 'no-policies';
+  return ctx.reason === 'allowed-by-policy' ? 'policy' : ctx.reason;
 }

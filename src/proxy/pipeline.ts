@@ -1,5 +1,5 @@
 import type { RequestContext } from './context.js';
-import { LocalReply, REPLY_OPTIONS_ASTERISK, sendLocalReply } from './local-reply.js';
+import { LocalReply, REPLIES, sendLocalReply } from './local-reply.js';
 import type { StageResult } from './plan.js';
 
 /**
@@ -29,19 +29,17 @@ export function runStages(ctx: RequestContext, from: number): void {
     return;
   }
   // undici sends origin-form targets only; the asterisk form is answered here (after the stages).
-  if (ctx.forwardTarget === '*') reply(ctx, REPLY_OPTIONS_ASTERISK);
+  if (ctx.forwardTarget === '*') reply(ctx, REPLIES.optionsAsterisk);
   else ctx.plan.upstream.forward(ctx);
 }
 
 export function reply(ctx: RequestContext, r: LocalReply): void {
-  ctx.localReason = r.reason;
+  ctx.reply = r;
   sendLocalReply(ctx.res, r, r.bearerChallenge ? ctx.bearerChallenge() : '');
 }
-
-const REPLY_INTERNAL = new LocalReply(500, 'internal-error', 'internal error');
 
 /** Any error inside a stage denies the request: a PEP that cannot decide must not let it through. */
 function failClosed(ctx: RequestContext, err: unknown): void {
   ctx.plan.upstream.logger.error({ err }, 'request stage failed; denying the request');
-  reply(ctx, REPLY_INTERNAL);
+  reply(ctx, REPLIES.internal);
 }

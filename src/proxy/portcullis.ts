@@ -156,7 +156,6 @@ export class Portcullis implements AdminStatus {
       : new AuthzStage(
           snapshot.authorizer,
           {
-            trustedProxies: this.config.trustedProxies,
             serverTiming: this.config.serverTiming,
             providers: this.extAuthz,
           },

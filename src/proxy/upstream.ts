@@ -5,14 +5,7 @@ import { Pool } from 'undici';
 import type { Limits } from '../config/load.js';
 import type { RequestContext } from './context.js';
 import { upstreamRequestHeaders, upstreamResponseHeaders } from './headers.js';
-import {
-  declaresBody,
-  type LocalReply,
-  REPLY_UPSTREAM_ERROR,
-  REPLY_UPSTREAM_TIMEOUT,
-  REPLY_UPSTREAM_UNAVAILABLE,
-  sendLocalReply,
-} from './local-reply.js';
+import { declaresBody, type LocalReply, REPLIES, sendLocalReply } from './local-reply.js';
 import { LogLimiter } from './log-limit.js';
 
 /** Methods whose requests carry no body unless they say so with Content-Length or Transfer-Encoding. */
@@ -24,7 +17,7 @@ function hasBody(ctx: RequestContext): boolean {
 export function replyForUpstreamError(err: Error & { code?: string }): LocalReply {
   switch (err.code) {
     case 'UND_ERR_HEADERS_TIMEOUT':
-      return REPLY_UPSTREAM_TIMEOUT;
+      return REPLIES.upstreamTimeout;
     case 'ECONNREFUSED':
     case 'ECONNRESET':
     case 'EHOSTUNREACH':
@@ -36,9 +29,9 @@ export function replyForUpstreamError(err: Error & { code?: string }): LocalRepl
     case 'UND_ERR_SOCKET':
     case 'UND_ERR_CLOSED':
     case 'UND_ERR_DESTROYED':
-      return REPLY_UPSTREAM_UNAVAILABLE;
+      return REPLIES.upstreamUnavailable;
     default:
-      return REPLY_UPSTREAM_ERROR;
+      return REPLIES.upstreamError;
   }
 }
 
@@ -161,7 +154,7 @@ class Exchange {
         { code: e.code, message: err.message, upstream: upstream.origin, held },
         'upstream request failed (held: like lines not logged in the last 10 s)',
       );
-    ctx.localReason = reply.reason;
+    ctx.reply = reply;
     sendLocalReply(ctx.res, reply);
   }
 

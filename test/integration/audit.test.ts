@@ -301,3 +301,27 @@ describe('audit on shutdown and refused peers', () => {
     await h.close();
   });
 });
+
+describe('what every event carries, whatever the policies', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    // No policy reads remote.ip here: it is still worked out, once, before any stage.
+    h = await startHarness({
+      config: { trustedProxies: 1, audit: { sinks: [{ type: 'file', path: 'audit.ndjson' }] } },
+    });
+  });
+  afterAll(() => h.close());
+
+  it('records remote.ip after trustedProxies and the request id the upstream got', async () => {
+    const res = await request(`${h.url}/ip`, { ...h.client, headers: { 'x-forwarded-for': '203.0.113.7' } });
+    const upstreamId = (JSON.parse(res.text) as { headers: Record<string, string> }).headers['x-request-id'];
+    const file = h.dir.file('audit.ndjson');
+    await until('the event', () => existsSync(file) && readFileSync(file, 'utf8').includes('/ip'));
+    const e = JSON.parse(readFileSync(file, 'utf8').trim().split('\n').pop() as string) as {
+      remoteAddress: string;
+      requestId: string;
+    };
+    expect(e.remoteAddress).toBe('203.0.113.7');
+    expect(e.requestId).toBe(upstreamId);
+  });
+});

@@ -2,11 +2,8 @@ import type { Logger } from 'pino';
 import type { Authorizer, CompiledPolicy } from '../../authz/compile.js';
 import type { ExtAuthzClient } from '../../authz/ext-authz.js';
 import type { RequestContext } from '../context.js';
-import { LocalReply } from '../local-reply.js';
+import { LocalReply, REPLIES } from '../local-reply.js';
 import type { Stage, StageResult } from '../plan.js';
-
-/** Envoy RBAC's local reply, which mesh clients and dashboards recognise. */
-export const REPLY_RBAC_DENIED = new LocalReply(403, 'rbac-denied', 'RBAC: access denied');
 
 /**
  * Authorization: the compiled AuthorizationPolicy set decides, reading the request context and
@@ -20,18 +17,16 @@ export const REPLY_RBAC_DENIED = new LocalReply(403, 'rbac-denied', 'RBAC: acces
 export class AuthzStage implements Stage {
   readonly name = 'authz';
   readonly authorizer: Authorizer;
-  private readonly trustedProxies: number;
   private readonly serverTiming: boolean;
   private readonly providers: ReadonlyMap<string, ExtAuthzClient>;
   private readonly log: Logger;
 
   constructor(
     authorizer: Authorizer,
-    opts: { trustedProxies: number; serverTiming: boolean; providers: ReadonlyMap<string, ExtAuthzClient> },
+    opts: { serverTiming: boolean; providers: ReadonlyMap<string, ExtAuthzClient> },
     log: Logger,
   ) {
     this.authorizer = authorizer;
-    this.trustedProxies = opts.trustedProxies;
     this.serverTiming = opts.serverTiming;
     this.providers = opts.providers;
     this.log = log;
@@ -39,18 +34,11 @@ export class AuthzStage implements Stage {
 
   run(ctx: RequestContext): StageResult | Promise<StageResult> {
     const t0 = performance.now();
-    if (this.authorizer.needsRemoteIp && this.trustedProxies > 0) {
-      ctx.remoteAddress = remoteAddress(
-        ctx.headers['x-forwarded-for'],
-        ctx.sourceAddress,
-        this.trustedProxies,
-      );
-    }
     this.authorizer.decide(ctx, ctx);
     ctx.authzMs = performance.now() - t0;
     if (!ctx.allowed) {
       this.timing(ctx);
-      return REPLY_RBAC_DENIED;
+      return REPLIES.rbacDenied;
     }
     const custom = this.authorizer.custom.length === 0 ? null : this.authorizer.matchCustom(ctx);
     if (custom === null) {
@@ -97,27 +85,11 @@ export class AuthzStage implements Stage {
     ctx.reason = 'denied-by-policy';
     const headers: Record<string, string[]> = {};
     for (const [n, v] of r.downstreamHeaders) (headers[n] ??= []).push(v);
-    return new LocalReply(
+    return LocalReply.refusal(
       r.status,
       r.error === null ? 'ext-authz-denied' : 'ext-authz-error',
       Buffer.from(r.body),
       headers,
     );
   }
-}
-
-/**
- * The client address after `trusted` proxy hops: the addresses are X-Forwarded-For's entries
- * followed by the direct peer; counting from the right, the peer and the next `trusted - 1`
- * entries are proxies we trust, and the one before them is the client. Missing entries mean the
- * leftmost one (a client cannot push the choice past what it sent).
- */
-export function remoteAddress(xff: string | string[] | undefined, peer: string, trusted: number): string {
-  if (xff === undefined || trusted === 0) return peer;
-  const joined = Array.isArray(xff) ? xff.join(',') : xff;
-  const entries = joined.split(',');
-  const index = entries.length - trusted;
-  const pick = entries[Math.max(index, 0)] ?? '';
-  const addr = pick.trim();
-  return addr === '' ? peer : addr;
 }

@@ -8,21 +8,12 @@ import {
   type VerifiedToken,
   verifyToken,
 } from '../../authn/jwt.js';
+import { parseQuery } from '../../authz/query.js';
 import type { JwtRule } from '../../istio/request-authentication.js';
 import type { RequestContext } from '../context.js';
 import { countHeader } from '../headers.js';
-import { LocalReply, REPLY_BAD_REQUEST } from '../local-reply.js';
+import { REPLIES } from '../local-reply.js';
 import type { Stage, StageResult } from '../plan.js';
-
-// Envoy jwt_authn's local replies, so that clients and dashboards that know a mesh see the same.
-export const REPLY_JWT_INVALID = new LocalReply(
-  401,
-  'jwt-invalid',
-  'Jwt verification fails',
-  undefined,
-  true,
-);
-export const REPLY_JWT_AUDIENCE = new LocalReply(403, 'jwt-audience', 'Audiences in Jwt are not allowed');
 
 enum LocationKind {
   Header = 0,
@@ -159,9 +150,9 @@ export class JwtStage implements Stage {
     for (const location of this.locations) {
       const token = extract(ctx, location);
       if (token === null) continue;
-      if (token === INVALID) return REPLY_JWT_INVALID;
+      if (token === INVALID) return REPLIES.jwtInvalid;
       // Two credentials where one is read: whichever is verified, the other would travel on.
-      if (token === DUPLICATE) return REPLY_BAD_REQUEST;
+      if (token === DUPLICATE) return REPLIES.badRequest;
       if (firstToken === null) {
         firstToken = token;
         firstLocation = location;
@@ -184,7 +175,7 @@ export class JwtStage implements Stage {
   }
 
   private acceptOne(ctx: RequestContext, location: TokenLocation, v: VerifiedToken): StageResult {
-    if (!v.audienceAllowed()) return REPLY_JWT_AUDIENCE;
+    if (!v.audienceAllowed()) return REPLIES.jwtAudience;
     ctx.requestPrincipal = v.principal;
     ctx.claims = v.payload;
     ctx.audiences = v.audiences;
@@ -232,11 +223,11 @@ export class JwtStage implements Stage {
 
   private refuse(ctx: RequestContext, why: string): StageResult {
     this.log.debug({ path: ctx.path, why }, 'JWT refused');
-    return REPLY_JWT_INVALID;
+    return REPLIES.jwtInvalid;
   }
 
   private accept(ctx: RequestContext, found: Found[], verified: VerifiedToken[]): StageResult {
-    for (const v of verified) if (!v.audienceAllowed()) return REPLY_JWT_AUDIENCE;
+    for (const v of verified) if (!v.audienceAllowed()) return REPLIES.jwtAudience;
     const first = verified[0] as VerifiedToken;
     ctx.requestPrincipal = first.principal;
     ctx.claims = first.payload;
@@ -275,8 +266,8 @@ function extract(ctx: RequestContext, l: TokenLocation): string | null {
     raw = queryParam(ctx.query, l.name);
     if (raw === undefined) return null;
   } else {
-    const h = ctx.headers.cookie;
-    raw = cookie(Array.isArray(h) ? h.join('; ') : h, l.name);
+    // Node joins repeated Cookie fields with "; " already (RFC 6265 §5.4 allows only one).
+    raw = cookie(ctx.headers.cookie, l.name);
     if (raw === undefined) return null;
   }
   return raw === '' ? INVALID : raw;
@@ -321,24 +312,15 @@ function isTchar(c: number): boolean {
 
 /** The parameter's value; DUPLICATE when it is given twice (under any encoding of its name). */
 function queryParam(query: string, name: string): string | undefined {
+  // Most requests carry no token parameter: skip parsing unless the name (or an escape) could be there.
   if (query === '' || (query.indexOf(name.charAt(0)) === -1 && query.indexOf('%') === -1)) return undefined;
   let found: string | undefined;
-  for (const pair of query.split('&')) {
-    const eq = pair.indexOf('=');
-    const key = eq === -1 ? pair : pair.slice(0, eq);
-    if (safeDecode(key) !== name) continue;
+  for (const p of parseQuery(query)) {
+    if (p.name !== name) continue;
     if (found !== undefined) return DUPLICATE;
-    found = eq === -1 ? '' : safeDecode(pair.slice(eq + 1).replaceAll('+', ' '));
+    found = p.value;
   }
   return found;
-}
-
-function safeDecode(s: string): string {
-  try {
-    return decodeURIComponent(s);
-  } catch {
-    return s;
-  }
 }
 
 /** The cookie's value; DUPLICATE when the name appears twice. */

@@ -1,11 +1,9 @@
 import type { Logger } from 'pino';
+import { headerText, parseQuery } from '../../authz/query.js';
 import type { RegoEngine } from '../../authz/rego/engine.js';
 import type { RequestContext } from '../context.js';
-import { LocalReply } from '../local-reply.js';
+import { LocalReply, REPLIES } from '../local-reply.js';
 import type { Stage, StageResult } from '../plan.js';
-
-export const REPLY_REGO_DENIED = new LocalReply(403, 'rego-denied', 'RBAC: access denied');
-export const REPLY_REGO_ERROR = new LocalReply(403, 'rego-error', 'RBAC: access denied');
 
 /** Where the verified token's claims appear, as Envoy's jwt_authn filter metadata does with payload_in_metadata. */
 export const JWT_METADATA_KEY = 'envoy.filters.http.jwt_authn';
@@ -19,20 +17,7 @@ function socketAddress(
 
 function parsedQuery(query: string): Record<string, string[]> {
   const out: Record<string, string[]> = {};
-  if (query === '') return out;
-  for (const pair of query.split('&')) {
-    if (pair === '') continue;
-    const eq = pair.indexOf('=');
-    const dec = (s: string): string => {
-      try {
-        return decodeURIComponent(s.replaceAll('+', ' '));
-      } catch {
-        return s;
-      }
-    };
-    const k = dec(eq === -1 ? pair : pair.slice(0, eq));
-    (out[k] ??= []).push(eq === -1 ? '' : dec(pair.slice(eq + 1)));
-  }
+  for (const p of parseQuery(query)) (out[p.name] ??= []).push(p.value);
   return out;
 }
 
@@ -53,11 +38,11 @@ export function envoyInput(
   const headers: Record<string, string> = {};
   if (headerNames === null) {
     for (const [k, v] of Object.entries(ctx.headers))
-      if (v !== undefined) headers[k] = Array.isArray(v) ? v.join(', ') : v;
+      if (v !== undefined) headers[k] = headerText(v) as string;
   } else {
     for (const k of headerNames) {
       const v = ctx.headers[k];
-      if (v !== undefined) headers[k] = Array.isArray(v) ? v.join(', ') : v;
+      if (v !== undefined) headers[k] = headerText(v) as string;
     }
   }
   const path = ctx.query === '' ? ctx.path : `${ctx.path}?${ctx.query}`;
@@ -121,18 +106,18 @@ export class RegoStage implements Stage {
         { entrypoint: this.engine.entrypoint, err: err instanceof Error ? err.message : String(err) },
         'Rego evaluation failed; denying',
       );
-      return REPLY_REGO_ERROR;
+      return REPLIES.regoError;
     }
     if (d.allowed) {
       for (const [n, v] of d.upstreamHeaders) ctx.addHeader(n, v);
       for (const [n, v] of d.responseHeaders) ctx.res.appendHeader(n, v);
       return null;
     }
-    if (d.status === 403 && d.body === '' && d.responseHeaders.length === 0) return REPLY_REGO_DENIED;
+    if (d.status === 403 && d.body === '' && d.responseHeaders.length === 0) return REPLIES.regoDenied;
     const headers: Record<string, string[]> = {};
     for (const [n, v] of d.responseHeaders) (headers[n] ??= []).push(v);
     // A body the policy chose is sent exactly as given.
-    return new LocalReply(
+    return LocalReply.refusal(
       d.status,
       'rego-denied',
       d.body === '' ? 'RBAC: access denied' : Buffer.from(d.body),

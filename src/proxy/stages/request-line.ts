@@ -1,8 +1,7 @@
-import { randomUUID } from 'node:crypto';
 import { isIPv6 } from 'node:net';
 import { normalizePath, type PathNormalization } from '../../authz/normalize.js';
 import type { RequestContext } from '../context.js';
-import { REPLY_BAD_REQUEST } from '../local-reply.js';
+import { REPLIES } from '../local-reply.js';
 import type { Stage, StageResult } from '../plan.js';
 
 /**
@@ -33,29 +32,21 @@ export class RequestLineStage implements Stage {
 
   run(ctx: RequestContext): StageResult {
     const url = ctx.req.url ?? '';
-    const rid = ctx.headers['x-request-id'];
-    if (typeof rid === 'string' && isRequestId(rid)) {
-      ctx.requestId = rid;
-    } else {
-      // Envoy's behaviour: a request without a (usable) id gets one, and the upstream sees it.
-      ctx.requestId = randomUUID();
-      ctx.addHeader('x-request-id', ctx.requestId);
-    }
     const host = ctx.headers.host;
     ctx.host = host === undefined ? '' : host.toLowerCase();
-    if (!isUpperToken(ctx.method)) return REPLY_BAD_REQUEST;
+    if (!isUpperToken(ctx.method)) return REPLIES.badRequest;
     // Exactly one valid Host (RFC 9112 §3.2): HTTP/1.0 may omit it, but what is authorized on
     // `hosts` must be what the upstream routes on, and Node keeps only the first of two. Header
     // names the config refuses (underscores, method/URL overrides) are refused here too.
     if (host === undefined || !isHostHeader(host) || !this.headersAcceptable(ctx.req.rawHeaders))
-      return REPLY_BAD_REQUEST;
+      return REPLIES.badRequest;
     if (url === '*' && ctx.method === 'OPTIONS') {
       ctx.path = '*';
       ctx.forwardTarget = url;
       return null;
     }
     if (url.charCodeAt(0) !== 47 /* '/' */ || url.includes('#') || hasEncodedNul(url))
-      return REPLY_BAD_REQUEST;
+      return REPLIES.badRequest;
     const q = url.indexOf('?');
     const raw = q === -1 ? url : url.slice(0, q);
     const path = normalizePath(raw, this.normalization);
@@ -64,23 +55,6 @@ export class RequestLineStage implements Stage {
     ctx.forwardTarget = path === raw ? url : q === -1 ? path : path + url.slice(q);
     return null;
   }
-}
-
-/** 1–128 characters of [A-Za-z0-9._:-]: enough for UUIDs and trace ids, nothing that could forge a log line. */
-function isRequestId(id: string): boolean {
-  if (id.length === 0 || id.length > 128) return false;
-  for (let i = 0; i < id.length; i++) {
-    const c = id.charCodeAt(i);
-    const ok =
-      (c >= 48 && c <= 58) ||
-      (c >= 65 && c <= 90) ||
-      (c >= 97 && c <= 122) ||
-      c === 45 ||
-      c === 46 ||
-      c === 95;
-    if (!ok) return false;
-  }
-  return true;
 }
 
 /**
