@@ -147,6 +147,32 @@ export class AuditLog {
     this.recordWithoutRequest(listener, status, reason, undefined, principal, address, port, tls);
   }
 
+  /**
+   * The end of a WebSocket tunnel whose decision was recorded when it opened (same requestId):
+   * its duration and the bytes it carried each way (as counted on the client connection).
+   */
+  recordTunnelClosed(
+    listener: string,
+    requestId: string,
+    durationMs: number,
+    bytesFromClient: number,
+    bytesToClient: number,
+  ): void {
+    if (this.config.decisions !== 'all') return;
+    this.offer(
+      JSON.stringify({
+        version: AUDIT_SCHEMA_VERSION,
+        time: new Date().toISOString(),
+        event: 'tunnel-closed',
+        requestId,
+        listener,
+        durationMs: round(durationMs, 3),
+        bytesFromClient,
+        bytesToClient,
+      }),
+    );
+  }
+
   /** A deny event with no request behind it (`requestId: null`). */
   private recordWithoutRequest(
     listener: string,

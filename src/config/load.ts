@@ -20,6 +20,7 @@ export interface Limits {
   readonly upstreamHeadersTimeout: number;
   readonly upstreamBodyTimeout: number;
   readonly upstreamConnections: number;
+  readonly tunnelIdleTimeout: number;
 }
 
 /** Safe defaults: short enough to shed slow-loris clients, long enough for ordinary APIs. */
@@ -36,6 +37,7 @@ export const DEFAULT_LIMITS: Limits = {
   upstreamHeadersTimeout: 60_000,
   upstreamBodyTimeout: 60_000,
   upstreamConnections: 128,
+  tunnelIdleTimeout: 3_600_000,
 };
 
 export interface ListenerConfig {

@@ -112,6 +112,8 @@ export const limitsSchema = z.strictObject({
   upstreamHeadersTimeout: duration.optional(),
   /** Longest pause between two chunks of an upstream response body. */
   upstreamBodyTimeout: duration.optional(),
+  /** A WebSocket tunnel with no byte in either direction for this long is closed. */
+  tunnelIdleTimeout: duration.optional(),
   /** Most connections to the upstream per listener. */
   upstreamConnections: z.number().int().min(1).optional(),
 });

@@ -83,6 +83,11 @@ export class RequestContext implements RequestAttributes, DecisionOut {
   upstreamStatus: number;
   /** The client sent `Expect: 100-continue` and waits for 100 Continue before its body. */
   expectContinue: boolean;
+  /**
+   * For an `Upgrade` request (handed over by Node's 'upgrade' event): the bytes that came after its
+   * head (the start of the tunnel). null for an ordinary request.
+   */
+  upgradeHead: Buffer | null;
 
   constructor(plan: ListenerPlan, req: IncomingMessage, res: ServerResponse) {
     const socket = req.socket as TLSSocket & PortcullisSocket;
@@ -130,6 +135,7 @@ export class RequestContext implements RequestAttributes, DecisionOut {
     this.addHeaders = null;
     this.upstreamStatus = 0;
     this.expectContinue = false;
+    this.upgradeHead = null;
   }
 
   dropHeader(lowerName: string): void {

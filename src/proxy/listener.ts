@@ -11,7 +11,7 @@ import { kPeer, kXfcc, type PortcullisSocket, RequestContext } from './context.j
 import { xfccElement } from './headers.js';
 import { type LocalReply, REPLIES } from './local-reply.js';
 import { LogLimiter } from './log-limit.js';
-import { runStages } from './pipeline.js';
+import { reply, runStages } from './pipeline.js';
 import type { ListenerPlan } from './plan.js';
 import { prepareRequest } from './prelude.js';
 import { abortUpstream } from './upstream.js';
@@ -143,6 +143,8 @@ export class InboundListener {
     // CONNECT asks for a tunnel, which a reverse proxy does not open; without a listener Node
     // would drop the connection without an answer.
     this.http.on('connect', onConnect);
+    // Upgrade requests (WebSocket) go through the same stages as any other; see tunnel.ts.
+    this.http.on('upgrade', onUpgrade);
     (this.http as http.Server & Tagged)[kListener] = this;
 
     this.tls = tls.createServer({
@@ -510,6 +512,45 @@ function onCheckContinue(
   res: http.ServerResponse,
 ): void {
   startRequest(this[kListener] as InboundListener, req, res, true);
+}
+
+/**
+ * An `Upgrade` request: Node hands the socket over; a ServerResponse on it lets the stages answer
+ * (401/403, …) as for any request, and the connection closes after such an answer.
+ */
+function onUpgrade(
+  this: http.Server & Tagged,
+  req: http.IncomingMessage,
+  socket: Duplex,
+  head: Buffer,
+): void {
+  const listener = this[kListener] as InboundListener;
+  listener.stats.requests++;
+  const res = new http.ServerResponse(req);
+  res.shouldKeepAlive = false;
+  res.assignSocket(socket as Socket);
+  res.once('finish', onUpgradeReplyFinish);
+  const ctx = new RequestContext(listener.plan, req, res);
+  ctx.upgradeHead = head;
+  (res as http.ServerResponse & { [kContext]?: RequestContext })[kContext] = ctx;
+  res.once('close', onResponseClose);
+  prepareRequest(ctx, listener.plan.snapshot.config.trustedProxies);
+  if (!isWebSocketUpgrade(req)) {
+    reply(ctx, REPLIES.upgradeRefused);
+    return;
+  }
+  runStages(ctx, 0);
+}
+
+/** RFC 6455 §4.2.1: a GET with Upgrade: websocket (any case, possibly among other tokens). */
+function isWebSocketUpgrade(req: http.IncomingMessage): boolean {
+  const u = req.headers.upgrade;
+  return req.method === 'GET' && typeof u === 'string' && /(^|,)\s*websocket\s*(,|$)/i.test(u);
+}
+
+/** A local reply (or a relayed refusal) to an upgrade request is the end of that connection. */
+function onUpgradeReplyFinish(this: http.ServerResponse): void {
+  this.socket?.end();
 }
 
 function startRequest(

@@ -107,6 +107,10 @@ export const REPLIES = {
   ),
   upstreamTimeout: new LocalReply(504, 'upstream-timeout', 'upstream request timeout', { deny: false }),
   upstreamError: new LocalReply(502, 'upstream-error', 'upstream protocol error', { deny: false }),
+  /** An `Upgrade` other than WebSocket (h2c, …): the proxy opens no other kind of tunnel. */
+  upgradeRefused: new LocalReply(400, 'upgrade-refused', 'Bad Request: only WebSocket upgrades are proxied', {
+    deny: true,
+  }),
   /** `OPTIONS *` asks about the server, not a resource: after authorization the proxy answers it. */
   optionsAsterisk: new LocalReply(200, 'options-asterisk', '', { deny: false }),
   // Requests Node's HTTP parser refuses before they become requests (answered with raw bytes by

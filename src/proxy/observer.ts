@@ -46,6 +46,17 @@ export class RequestObserver {
     this.audit?.recordClientError(listener, status, reason, principal, address, port, tls);
   }
 
+  /** A WebSocket tunnel closed: how long it lasted and what it carried. */
+  tunnelClosed(
+    listener: string,
+    requestId: string,
+    durationMs: number,
+    bytesIn: number,
+    bytesOut: number,
+  ): void {
+    this.audit?.recordTunnelClosed(listener, requestId, durationMs, bytesIn, bytesOut);
+  }
+
   peerRefused(listener: string, reason: string, detail: string, address: string, port: number): void {
     this.audit?.recordConnection(listener, reason, detail, address, port);
   }

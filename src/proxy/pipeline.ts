@@ -1,6 +1,7 @@
 import type { RequestContext } from './context.js';
 import { LocalReply, REPLIES, sendLocalReply } from './local-reply.js';
 import type { StageResult } from './plan.js';
+import { openTunnel } from './tunnel.js';
 
 /**
  * Runs the plan's stages from `from`, then forwards. Synchronous stages cost a call and a
@@ -30,6 +31,7 @@ export function runStages(ctx: RequestContext, from: number): void {
   }
   // undici sends origin-form targets only; the asterisk form is answered here (after the stages).
   if (ctx.forwardTarget === '*') reply(ctx, REPLIES.optionsAsterisk);
+  else if (ctx.upgradeHead !== null) openTunnel(ctx);
   else ctx.plan.upstream.forward(ctx);
 }
 

@@ -42,6 +42,7 @@ export function replyForUpstreamError(err: Error & { code?: string }): LocalRepl
  */
 export class Upstream {
   readonly origin: string;
+  readonly limits: Limits;
   /** Upstream failures come one per request while it is down: one line per error code per 10 s. */
   readonly logLimit = new LogLimiter();
   private readonly pool: Pool;
@@ -49,6 +50,7 @@ export class Upstream {
 
   constructor(origin: string, limits: Limits, log: Logger) {
     this.origin = origin;
+    this.limits = limits;
     this.log = log;
     this.pool = new Pool(origin, {
       connections: limits.upstreamConnections,

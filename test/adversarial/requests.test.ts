@@ -293,6 +293,26 @@ describe('hostile requests', () => {
     });
   });
 
+  it('WebSocket smuggling: bytes after an upgrade the upstream did not accept never reach it', async () => {
+    // The echo upstream does not speak WebSocket: it answers the upgrade request with a 200. A proxy
+    // that took the connection for a tunnel would pass the next request on unchecked.
+    const before = h.upstream.received.length;
+    const r = await send(
+      head([
+        'GET /ws-plain HTTP/1.1',
+        'Host: a.example',
+        'Connection: Upgrade',
+        'Upgrade: websocket',
+        'Sec-WebSocket-Version: 13',
+        'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==',
+      ]) + head(['GET /denied HTTP/1.1', 'Host: a.example']),
+    );
+    expect(r.status).toBe(200);
+    expect(r.closed).toBe(true);
+    const urls = h.upstream.received.slice(before).map((x) => x.url);
+    expect(urls).toEqual(['/ws-plain']);
+  });
+
   describe('OPTIONS * (defect 11)', () => {
     it('is authorized and answered by the proxy with 200 and an empty body', async () => {
       const r = await send(head(['OPTIONS * HTTP/1.1', 'Host: a.example', 'Connection: close']));

@@ -322,7 +322,9 @@ describe('JWKS outages and key rotation', () => {
     const k = await makeKey('short');
     jwks.keys = [k];
     await new Promise((r) => setTimeout(r, 250));
-    const token = await sign(k, { exp: Math.floor(Date.now() / 1000) + 1 });
+    // Two whole seconds of validity at least, so the first two calls never race the expiry.
+    const exp = Math.floor(Date.now() / 1000) + 3;
+    const token = await sign(k, { exp });
     expect(
       (await request(`${h.url}/e`, { ...h.client, headers: { authorization: `Bearer ${token}` } })).status,
     ).toBe(200);
@@ -331,7 +333,7 @@ describe('JWKS outages and key rotation', () => {
       (await request(`${h.url}/e`, { ...h.client, headers: { authorization: `Bearer ${token}` } })).status,
     ).toBe(200);
     expect(h.proxy.jwks.stats.cacheHits).toBe(hits + 1);
-    await new Promise((r) => setTimeout(r, 2_100));
+    await new Promise((r) => setTimeout(r, exp * 1000 - Date.now() + 200));
     expect(
       (await request(`${h.url}/e`, { ...h.client, headers: { authorization: `Bearer ${token}` } })).status,
     ).toBe(401);
