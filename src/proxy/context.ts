@@ -35,6 +35,9 @@ export class RequestContext implements RequestAttributes, DecisionOut {
   requestId: string;
   /** The local reply sent (an entry of the reply table), or null when the request was forwarded. */
   reply: LocalReply | null;
+  /** Set when the request is finished: whether it was refused, and the reason recorded. */
+  deny: boolean;
+  decisionReason: string;
   /** performance.now() when forwarding began and when the upstream response ended (0: not yet). */
   upstreamStart: number;
   upstreamEnd: number;
@@ -99,6 +102,8 @@ export class RequestContext implements RequestAttributes, DecisionOut {
     this.startedAt = Date.now();
     this.requestId = '';
     this.reply = null;
+    this.deny = false;
+    this.decisionReason = '';
     this.upstreamStart = 0;
     this.upstreamEnd = 0;
     this.peer = peer;

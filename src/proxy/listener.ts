@@ -574,5 +574,5 @@ function onResponseClose(this: http.ServerResponse & { [kContext]?: RequestConte
   const ctx = this[kContext] as RequestContext;
   abortUpstream(this);
   const plan = ctx.plan;
-  plan.observer.finished(ctx, plan.listenerName, plan.authorized);
+  plan.observer.finished(ctx);
 }

@@ -1,38 +1,67 @@
+import diagnostics_channel from 'node:diagnostics_channel';
 import type { Metrics } from '../admin/metrics.js';
 import type { AuditLog } from '../audit/log.js';
 import type { RequestContext } from './context.js';
 
 /**
- * What happens when a response is done: the metrics count it and the audit log gets its event.
- * Both only update memory (counters, a bounded buffer); no request waits on them.
+ * What the proxy tells the world, as undici and fastify do: named diagnostics channels, published
+ * only when someone subscribes (`hasSubscribers`). Metrics and audit are subscribers like any other
+ * (an OpenTelemetry exporter could be one too); the request path never calls them.
+ *
+ * - `portcullis:request:finished` — a response is done (sent, or the client went away). The message
+ *   is the request's context: its attributes, decision (`deny`, `decisionReason`), reply, timings.
+ * - `portcullis:request:refused` — a request the HTTP parser refused before it became one.
+ * - `portcullis:peer:refused` — a connection refused at TLS, by the SPIFFE checks or the handshake deadline.
+ * - `portcullis:tunnel:closed` — a WebSocket tunnel closed.
+ * Every message carries the publishing proxy (`plan.observer` or `source`), since channels are
+ * process-wide and one process may run several proxies.
  */
+export const channels = {
+  requestFinished: diagnostics_channel.channel('portcullis:request:finished'),
+  requestRefused: diagnostics_channel.channel('portcullis:request:refused'),
+  peerRefused: diagnostics_channel.channel('portcullis:peer:refused'),
+  tunnelClosed: diagnostics_channel.channel('portcullis:tunnel:closed'),
+};
+
+export interface RequestRefused {
+  readonly source: RequestObserver;
+  readonly listener: string;
+  readonly status: number;
+  readonly reason: string;
+  readonly principal: string;
+  readonly address: string;
+  readonly port: number;
+  readonly tls: boolean;
+}
+
+export interface PeerRefused {
+  readonly source: RequestObserver;
+  readonly listener: string;
+  readonly reason: string;
+  readonly detail: string;
+  readonly address: string;
+  readonly port: number;
+}
+
+export interface TunnelClosed {
+  readonly source: RequestObserver;
+  readonly listener: string;
+  readonly requestId: string;
+  readonly durationMs: number;
+  readonly bytesFromClient: number;
+  readonly bytesToClient: number;
+}
+
+/** The publishing side: one per proxy; the stages and listeners call it, it publishes. */
 export class RequestObserver {
-  readonly metrics: Metrics;
-  readonly audit: AuditLog | null;
-
-  constructor(metrics: Metrics, audit: AuditLog | null) {
-    this.metrics = metrics;
-    this.audit = audit;
-  }
-
-  finished(ctx: RequestContext, listener: string, authorized: boolean): void {
+  finished(ctx: RequestContext): void {
     const reply = ctx.reply;
-    const deny = reply?.deny === true;
-    const reason = reasonOf(ctx, authorized);
-    const upstream =
-      ctx.upstreamStart === 0 ? -1 : ((ctx.upstreamEnd || performance.now()) - ctx.upstreamStart) / 1000;
-    this.metrics.request(
-      listener,
-      deny ? 'deny' : 'allow',
-      reason,
-      ctx.res.statusCode,
-      authorized ? ctx.authzMs * 1000 : 0,
-      upstream,
-    );
-    this.audit?.recordRequest(ctx, listener, authorized, deny, reason, ctx.plan.tokenParams);
+    ctx.deny = reply?.deny === true;
+    ctx.decisionReason = reasonOf(ctx, ctx.plan.authorized);
+    if (channels.requestFinished.hasSubscribers) channels.requestFinished.publish(ctx);
   }
 
-  /** A request the HTTP parser refused (see listener.ts onClientError): always a deny. */
+  /** A request the HTTP parser refused (see listener.ts): always a deny. */
   clientError(
     listener: string,
     status: number,
@@ -42,23 +71,27 @@ export class RequestObserver {
     port: number,
     tls: boolean,
   ): void {
-    this.metrics.request(listener, 'deny', reason, status, 0, -1);
-    this.audit?.recordClientError(listener, status, reason, principal, address, port, tls);
+    if (!channels.requestRefused.hasSubscribers) return;
+    const m: RequestRefused = { source: this, listener, status, reason, principal, address, port, tls };
+    channels.requestRefused.publish(m);
   }
 
-  /** A WebSocket tunnel closed: how long it lasted and what it carried. */
   tunnelClosed(
     listener: string,
     requestId: string,
     durationMs: number,
-    bytesIn: number,
-    bytesOut: number,
+    bytesFromClient: number,
+    bytesToClient: number,
   ): void {
-    this.audit?.recordTunnelClosed(listener, requestId, durationMs, bytesIn, bytesOut);
+    if (!channels.tunnelClosed.hasSubscribers) return;
+    const m: TunnelClosed = { source: this, listener, requestId, durationMs, bytesFromClient, bytesToClient };
+    channels.tunnelClosed.publish(m);
   }
 
   peerRefused(listener: string, reason: string, detail: string, address: string, port: number): void {
-    this.audit?.recordConnection(listener, reason, detail, address, port);
+    if (!channels.peerRefused.hasSubscribers) return;
+    const m: PeerRefused = { source: this, listener, reason, detail, address, port };
+    channels.peerRefused.publish(m);
   }
 }
 
@@ -70,4 +103,73 @@ function reasonOf(ctx: RequestContext, authorized: boolean): string {
   if (reply !== null) return reply.reason;
   if (!authorized) return 'no-policies';
   return ctx.reason === 'allowed-by-policy' ? 'policy' : ctx.reason;
+}
+
+/**
+ * Metrics and audit as subscribers of one proxy's events: counters and a bounded buffer, so no
+ * request waits on them. `close()` unsubscribes.
+ */
+export class ObservabilitySubscriber {
+  private readonly source: RequestObserver;
+  private readonly metrics: Metrics;
+  private readonly audit: AuditLog | null;
+  private readonly onFinished: (m: unknown) => void;
+  private readonly onRefused: (m: unknown) => void;
+  private readonly onPeer: (m: unknown) => void;
+  private readonly onTunnel: (m: unknown) => void;
+
+  constructor(source: RequestObserver, metrics: Metrics, audit: AuditLog | null) {
+    this.source = source;
+    this.metrics = metrics;
+    this.audit = audit;
+    // Bound once per proxy (not per request), so that unsubscribe finds the same functions.
+    this.onFinished = (m) => this.finished(m as RequestContext);
+    this.onRefused = (m) => this.refused(m as RequestRefused);
+    this.onPeer = (m) => this.peer(m as PeerRefused);
+    this.onTunnel = (m) => this.tunnel(m as TunnelClosed);
+    channels.requestFinished.subscribe(this.onFinished);
+    channels.requestRefused.subscribe(this.onRefused);
+    channels.peerRefused.subscribe(this.onPeer);
+    channels.tunnelClosed.subscribe(this.onTunnel);
+  }
+
+  private finished(ctx: RequestContext): void {
+    if (ctx.plan.observer !== this.source) return;
+    const listener = ctx.plan.listenerName;
+    const authorized = ctx.plan.authorized;
+    const upstream =
+      ctx.upstreamStart === 0 ? -1 : ((ctx.upstreamEnd || performance.now()) - ctx.upstreamStart) / 1000;
+    this.metrics.request(
+      listener,
+      ctx.deny ? 'deny' : 'allow',
+      ctx.decisionReason,
+      ctx.res.statusCode,
+      authorized ? ctx.authzMs * 1000 : 0,
+      upstream,
+    );
+    this.audit?.recordRequest(ctx, listener, authorized, ctx.deny, ctx.decisionReason, ctx.plan.tokenParams);
+  }
+
+  private refused(m: RequestRefused): void {
+    if (m.source !== this.source) return;
+    this.metrics.request(m.listener, 'deny', m.reason, m.status, 0, -1);
+    this.audit?.recordClientError(m.listener, m.status, m.reason, m.principal, m.address, m.port, m.tls);
+  }
+
+  private peer(m: PeerRefused): void {
+    if (m.source !== this.source) return;
+    this.audit?.recordConnection(m.listener, m.reason, m.detail, m.address, m.port);
+  }
+
+  private tunnel(m: TunnelClosed): void {
+    if (m.source !== this.source) return;
+    this.audit?.recordTunnelClosed(m.listener, m.requestId, m.durationMs, m.bytesFromClient, m.bytesToClient);
+  }
+
+  close(): void {
+    channels.requestFinished.unsubscribe(this.onFinished);
+    channels.requestRefused.unsubscribe(this.onRefused);
+    channels.peerRefused.unsubscribe(this.onPeer);
+    channels.tunnelClosed.unsubscribe(this.onTunnel);
+  }
 }

@@ -11,10 +11,10 @@ import { FolderWatcher } from '../config/watch.js';
 import { ConfigError, errorMessage } from '../errors.js';
 import { PinnedHeaders } from './headers.js';
 import { InboundListener } from './listener.js';
-import { RequestObserver } from './observer.js';
+import { ObservabilitySubscriber, RequestObserver } from './observer.js';
 import { ListenerPlan, type Stage } from './plan.js';
 import { loadSnapshot, type Snapshot } from './snapshot.js';
-import { AuthzStage } from './stages/authz.js';
+import { AuthzStage, CustomAuthzStage } from './stages/authz.js';
 import { JwtStage } from './stages/jwt.js';
 import { RegoStage } from './stages/rego.js';
 import { RequestLineStage } from './stages/request-line.js';
@@ -67,6 +67,8 @@ export class Portcullis implements AdminStatus {
   readonly metrics: Metrics;
   readonly audit: AuditLog | null;
   private readonly observer: RequestObserver;
+  /** Metrics and audit, subscribed to this proxy's events. */
+  private readonly subscriber: ObservabilitySubscriber;
   private listening = false;
   private closing = false;
   private generation = 1;
@@ -87,7 +89,8 @@ export class Portcullis implements AdminStatus {
       certificateNotAfter: () => this.snapshot.credentials.notAfter,
       reloads: () => ({ success: this.reloads, failure: this.reloadFailures }),
     });
-    this.observer = new RequestObserver(this.metrics, this.audit);
+    this.observer = new RequestObserver();
+    this.subscriber = new ObservabilitySubscriber(this.observer, this.metrics, this.audit);
     this.jwks = new JwksRegistry(
       {
         refreshIntervalMs: config.jwt.jwksRefreshInterval,
@@ -153,21 +156,22 @@ export class Portcullis implements AdminStatus {
           );
     const authz = snapshot.authorizer.empty
       ? null
-      : new AuthzStage(
-          snapshot.authorizer,
-          {
-            serverTiming: this.config.serverTiming,
-            providers: this.extAuthz,
-          },
-          this.log,
-        );
+      : new AuthzStage(snapshot.authorizer, { serverTiming: this.config.serverTiming });
+    const custom =
+      snapshot.authorizer.custom.length === 0
+        ? null
+        : new CustomAuthzStage(
+            snapshot.authorizer,
+            { serverTiming: this.config.serverTiming, providers: this.extAuthz },
+            this.log,
+          );
     const requestLine = new RequestLineStage(this.config.pathNormalization, {
       rejectUnderscoreHeaders: this.config.headersWithUnderscores === 'reject',
       rejectOverrideHeaders: this.config.rejectOverrideHeaders,
     });
     // Key sets no rule refers to any more stop refreshing.
     this.jwks.retain(jwt?.sources ?? new Set<JwksSource>());
-    return this.config.listeners.map((lc) => this.plan(lc, snapshot, requestLine, jwt, authz));
+    return this.config.listeners.map((lc) => this.plan(lc, snapshot, requestLine, jwt, authz, custom));
   }
 
   private plan(
@@ -176,6 +180,7 @@ export class Portcullis implements AdminStatus {
     requestLine: RequestLineStage,
     jwt: JwtStage | null,
     authz: AuthzStage | null,
+    custom: CustomAuthzStage | null,
   ): ListenerPlan {
     let upstream = this.upstreams.get(lc.name);
     if (upstream === undefined) {
@@ -187,11 +192,12 @@ export class Portcullis implements AdminStatus {
     const stages: Stage[] = [requestLine];
     if (jwt !== null) stages.push(jwt);
     if (authz !== null) stages.push(authz);
+    if (custom !== null) stages.push(custom);
     const rego = snapshot.rego.get(lc.name);
     if (rego !== undefined) stages.push(new RegoStage(rego, snapshot.xfccBy, this.log));
     // What the stages decide on must reach the upstream as it was decided on.
     const pinned: string[] = [...(jwt?.tokenHeaders ?? []), ...(authz?.authorizer.headers ?? [])];
-    if (authz !== null && authz.authorizer.custom.length > 0) {
+    if (custom !== null) {
       pinned.push('authorization');
       for (const p of this.extAuthz.values()) pinned.push(...p.provider.includeRequestHeaders);
     }
@@ -339,8 +345,11 @@ export class Portcullis implements AdminStatus {
     const drain = this.config.shutdown.drainTimeout;
     await Promise.all(this.listeners.map((l) => l.close(drain)));
     await Promise.all([...this.upstreams.values()].map((u) => u.close().catch(() => undefined)));
-    // Audit events of the drained requests go out before exit, within a time box (a sink that is
-    // down must not hold the shutdown forever).
+    // Connections cut at the drain deadline report their 'close' on the next turn: let those events
+    // in, then stop listening. Audit events of the drained requests go out before exit, within a
+    // time box (a sink that is down must not hold the shutdown forever).
+    await new Promise((r) => setImmediate(r));
+    this.subscriber.close();
     await this.audit?.close(Math.max(1_000, Math.min(5_000, drain)));
     await this.admin?.close();
     this.jwks.close();

@@ -61,7 +61,7 @@ class Tunnel {
     const res = ctx.res;
     res.statusCode = 101;
     res.detachSocket(client);
-    ctx.plan.observer.finished(ctx, ctx.plan.listenerName, ctx.plan.authorized);
+    ctx.plan.observer.finished(ctx);
     (client as Socket & Tagged)[kTunnel] = this;
     (upSocket as Socket & Tagged)[kTunnel] = this;
     const idle = ctx.plan.upstream.limits.tunnelIdleTimeout;

@@ -8,15 +8,42 @@ import type { Stage, StageResult } from '../plan.js';
 /**
  * Authorization: the compiled AuthorizationPolicy set decides, reading the request context and
  * writing its outcome back into it (RequestContext implements DecisionOut), so deciding allocates
- * nothing. Present in the plan only when some policy applies to the workload.
- *
- * CUSTOM policies: when one matches, its external authorizer must also allow. Istio evaluates
- * CUSTOM before DENY and ALLOW; here the local policies go first, so a request they deny costs no
- * call to the authorizer. The outcome is the same: a request passes only if all of them allow.
+ * nothing. Present in the plan only when some policy applies to the workload. CUSTOM policies are
+ * the next stage's (CustomAuthzStage).
  */
 export class AuthzStage implements Stage {
   readonly name = 'authz';
   readonly authorizer: Authorizer;
+  private readonly serverTiming: boolean;
+
+  constructor(authorizer: Authorizer, opts: { serverTiming: boolean }) {
+    this.authorizer = authorizer;
+    this.serverTiming = opts.serverTiming;
+  }
+
+  run(ctx: RequestContext): StageResult {
+    const t0 = performance.now();
+    this.authorizer.decide(ctx, ctx);
+    ctx.authzMs = performance.now() - t0;
+    if (this.serverTiming) setTiming(ctx);
+    return ctx.allowed ? null : REPLIES.rbacDenied;
+  }
+}
+
+/** `Server-Timing: authz;dur=<ms>`: the time spent authorizing, apart from the upstream's. */
+export function setTiming(ctx: RequestContext): void {
+  ctx.res.setHeader('server-timing', `authz;dur=${ctx.authzMs.toFixed(3)}`);
+}
+
+/**
+ * CUSTOM policies (Istio's ext_authz): when one matches, its external authorizer must also allow.
+ * Istio evaluates CUSTOM before DENY and ALLOW; here it runs after the local policies, so a request
+ * they deny costs no call to the authorizer. The outcome is the same: a request passes only if all
+ * of them allow. In the plan only when some CUSTOM policy applies.
+ */
+export class CustomAuthzStage implements Stage {
+  readonly name = 'custom';
+  private readonly authorizer: Authorizer;
   private readonly serverTiming: boolean;
   private readonly providers: ReadonlyMap<string, ExtAuthzClient>;
   private readonly log: Logger;
@@ -33,23 +60,8 @@ export class AuthzStage implements Stage {
   }
 
   run(ctx: RequestContext): StageResult | Promise<StageResult> {
-    const t0 = performance.now();
-    this.authorizer.decide(ctx, ctx);
-    ctx.authzMs = performance.now() - t0;
-    if (!ctx.allowed) {
-      this.timing(ctx);
-      return REPLIES.rbacDenied;
-    }
-    const custom = this.authorizer.custom.length === 0 ? null : this.authorizer.matchCustom(ctx);
-    if (custom === null) {
-      this.timing(ctx);
-      return null;
-    }
-    return this.askProvider(ctx, custom, t0);
-  }
-
-  private timing(ctx: RequestContext): void {
-    if (this.serverTiming) ctx.res.setHeader('server-timing', `authz;dur=${ctx.authzMs.toFixed(3)}`);
+    const policy = this.authorizer.matchCustom(ctx);
+    return policy === null ? null : this.askProvider(ctx, policy, performance.now());
   }
 
   private async askProvider(ctx: RequestContext, policy: CompiledPolicy, t0: number): Promise<StageResult> {
@@ -62,8 +74,8 @@ export class AuthzStage implements Stage {
       headers: ctx.headers,
       xfcc: ctx.xfcc,
     });
-    ctx.authzMs = performance.now() - t0;
-    this.timing(ctx);
+    ctx.authzMs += performance.now() - t0;
+    if (this.serverTiming) setTiming(ctx);
     if (r.error !== null) {
       this.log.warn(
         {
