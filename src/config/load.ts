@@ -46,6 +46,8 @@ export interface ListenerConfig {
   readonly address: HostPort;
   readonly upstream: string;
   readonly workloadPort: number;
+  /** Whether ALPN offers h2 to clients (TLS listeners only). */
+  readonly http2: boolean;
   readonly limits: Limits;
 }
 
@@ -237,6 +239,7 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
       address: l.address,
       upstream: l.upstream,
       workloadPort: l.workloadPort ?? defaultPort(l.upstream),
+      http2: l.http2,
       limits: mergeLimits(c.limits, l.limits),
     })),
     policies: c.policies.map(abs),

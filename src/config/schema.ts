@@ -146,6 +146,8 @@ export const configSchema = z.strictObject({
         upstream,
         /** The workload port Istio policies refer to (portLevelMtls); defaults to the upstream's port. */
         workloadPort: port.optional(),
+        /** Offer HTTP/2 (ALPN h2) to clients beside HTTP/1.1; each stream is checked as a request. */
+        http2: z.boolean().default(false),
         /** Rego compiled to WebAssembly, evaluated after the Istio policies. */
         rego: z
           .strictObject({

@@ -35,6 +35,8 @@ export class RequestContext implements RequestAttributes, DecisionOut {
   requestId: string;
   /** The local reply sent (an entry of the reply table), or null when the request was forwarded. */
   reply: LocalReply | null;
+  /** The client's response closed (sent, or the client went away / reset its HTTP/2 stream). */
+  closed: boolean;
   /** Set when the request is finished: whether it was refused, and the reason recorded. */
   deny: boolean;
   decisionReason: string;
@@ -102,6 +104,7 @@ export class RequestContext implements RequestAttributes, DecisionOut {
     this.startedAt = Date.now();
     this.requestId = '';
     this.reply = null;
+    this.closed = false;
     this.deny = false;
     this.decisionReason = '';
     this.upstreamStart = 0;

@@ -102,6 +102,8 @@ export function upstreamRequestHeaders(
   let xff = '';
   for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
     const name = rawHeaders[i] as string;
+    // HTTP/2 pseudo-headers (:method, :path, :authority, :scheme) are not forwarded as fields.
+    if (name.charCodeAt(0) === 58 /* : */) continue;
     const lower = name.toLowerCase();
     if (HOP_BY_HOP.has(lower) || PROXY_SET.has(lower)) continue;
     // CGI-style upstreams read `x_forwarded_client_cert` as X-Forwarded-Client-Cert.

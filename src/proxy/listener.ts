@@ -1,5 +1,6 @@
 import { X509Certificate } from 'node:crypto';
 import http from 'node:http';
+import http2 from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
@@ -92,6 +93,9 @@ export class InboundListener {
   closing = false;
   readonly log: Logger;
   private readonly http: http.Server;
+  /** HTTP/2 sessions over verified TLS connections that chose h2 by ALPN (listeners with http2: true). */
+  private readonly h2: http2.Http2Server | null;
+  private readonly h2Sessions = new Set<http2.ServerHttp2Session>();
   private readonly tls: tls.Server;
   private readonly httpConnection: (socket: Duplex) => void;
   private readonly sockets = new Set<Socket>();
@@ -151,13 +155,31 @@ export class InboundListener {
       ...plan.snapshot.tlsOptions,
       requestCert: true,
       rejectUnauthorized: true,
-      ALPNProtocols: ['http/1.1'],
+      ALPNProtocols: config.http2 ? ['h2', 'http/1.1'] : ['http/1.1'],
       // The pending deadline (from accept, covering sniff, handshake and SPIFFE checks) is what
       // closes slow handshakes; Node's own timer only reports (tlsClientError) and never closes,
       // and 0 would mean its 120 s default, so it is set just past ours as a backstop.
       handshakeTimeout: limits.handshakeTimeout + 1_000,
     });
     (this.tls as tls.Server & Tagged)[kListener] = this;
+    if (config.http2) {
+      // A plain (not secure) HTTP/2 server: TLS and the SPIFFE checks are done by then, and the
+      // verified TLS socket is handed to it. Each stream comes out as a compat request and runs
+      // the same stages as an HTTP/1.1 request.
+      this.h2 = http2.createServer(
+        {
+          maxSessionMemory: 16,
+          settings: { maxConcurrentStreams: 128, maxHeaderListSize: limits.maxHeaderSize },
+          maxHeaderListPairs: 256,
+        },
+        onH2Request,
+      );
+      (this.h2 as http2.Http2Server & Tagged)[kListener] = this;
+      this.h2.on('session', onH2Session);
+      this.h2.setTimeout(limits.keepAliveTimeout);
+    } else {
+      this.h2 = null;
+    }
     this.tls.on('secureConnection', onSecureConnection);
     this.tls.on('tlsClientError', onTlsClientError);
   }
@@ -200,6 +222,8 @@ export class InboundListener {
     this.closing = true;
     // Connections still in the handshake or the first-byte sniff have no request yet: cut them now.
     for (const s of this.sockets) if ((s as Socket & Tagged)[kHandedOff] !== true) s.destroy();
+    // HTTP/2 sessions get a GOAWAY: no new streams, the open ones finish.
+    for (const s of this.h2Sessions) s.close();
     const closed = new Promise<void>((resolve) => this.http.close(() => resolve()));
     const sweep = setInterval(() => this.http.closeIdleConnections(), 50);
     let timer: NodeJS.Timeout | undefined;
@@ -360,7 +384,9 @@ export class InboundListener {
     }
     this.stats.active++;
     (raw as Socket & Tagged)[kHandedOff] = true;
-    this.httpConnection.call(this.http, socket);
+    if (this.h2 !== null && (socket as tls.TLSSocket).alpnProtocol === 'h2')
+      this.h2.emit('connection', socket);
+    else this.httpConnection.call(this.http, socket);
   }
 
   tlsFailed(err: Error & { code?: string }, socket: tls.TLSSocket | undefined): void {
@@ -438,6 +464,17 @@ export class InboundListener {
     s.destroySoon();
   }
 
+  trackSession(session: http2.ServerHttp2Session): void {
+    this.h2Sessions.add(session);
+    (session as http2.ServerHttp2Session & Tagged)[kListener] = this;
+    session.once('close', onH2SessionClose);
+    if (this.closing) session.close();
+  }
+
+  untrackSession(session: http2.ServerHttp2Session): void {
+    this.h2Sessions.delete(session);
+  }
+
   untrack(socket: Socket): void {
     this.sockets.delete(socket);
     if (this.pending.has(socket)) {
@@ -465,6 +502,34 @@ function presentedChain(socket: tls.TLSSocket): X509Certificate[] {
 
 // Module-level handlers: `this` is the emitter, and the listener hangs off it under a symbol,
 // so that no closure is allocated per connection or per request.
+
+/**
+ * One HTTP/2 stream, through the compat API. Its request and response offer what the stages use of
+ * an HTTP/1.1 pair (headers, rawHeaders, url, method, socket; setHeader, writeHead, write, end,
+ * headersSent, the 'close' event): the differences (pseudo-headers, no Host, no connection-specific
+ * headers) are handled where they matter (request-line stage, forwarding headers, local replies).
+ */
+function onH2Request(
+  this: http2.Http2Server & Tagged,
+  req: http2.Http2ServerRequest,
+  res: http2.Http2ServerResponse,
+): void {
+  startRequest(
+    this[kListener] as InboundListener,
+    req as unknown as http.IncomingMessage,
+    res as unknown as http.ServerResponse,
+    false,
+  );
+}
+
+function onH2Session(this: http2.Http2Server & Tagged, session: http2.ServerHttp2Session): void {
+  const listener = this[kListener] as InboundListener;
+  listener.trackSession(session);
+}
+
+function onH2SessionClose(this: http2.ServerHttp2Session & Tagged): void {
+  this[kListener]?.untrackSession(this);
+}
 
 function onConnection(this: http.Server & Tagged, socket: Socket): void {
   (this[kListener] as InboundListener).handleConnection(socket);
@@ -572,6 +637,7 @@ function startRequest(
 /** The response is done (sent, or the client went away): count it and record it. */
 function onResponseClose(this: http.ServerResponse & { [kContext]?: RequestContext }): void {
   const ctx = this[kContext] as RequestContext;
+  ctx.closed = true;
   abortUpstream(this);
   const plan = ctx.plan;
   plan.observer.finished(ctx);

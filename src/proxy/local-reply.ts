@@ -41,6 +41,8 @@ export class LocalReply {
   readonly deny: boolean;
   readonly grpcStatus: number;
   readonly headers: Readonly<Record<string, string | string[]>>;
+  /** The same for an HTTP/2 stream, which may carry no connection-specific field (RFC 9113 §8.2.2). */
+  readonly h2Headers: Readonly<Record<string, string | string[]>>;
   /** Add `WWW-Authenticate: Bearer realm="<request URL>"` (RFC 6750 §3), as Envoy does on a JWT failure. */
   readonly bearerChallenge: boolean;
 
@@ -68,6 +70,8 @@ export class LocalReply {
       // Always the length of the body actually sent, whatever a relayed header said.
       'content-length': String(this.body.length),
     };
+    const { connection: _c, 'keep-alive': _k, 'transfer-encoding': _t, ...h2 } = this.headers;
+    this.h2Headers = h2;
   }
 
   /** A refusal whose status, body and headers come from elsewhere (an external authorizer, a Rego policy). */
@@ -134,13 +138,27 @@ export function sendLocalReply(res: ServerResponse, reply: LocalReply, challenge
   // instead of draining the whole body to keep the connection alive — so a refused client cannot
   // stream into the proxy until requestTimeout.
   const req = res.req;
+  if (req.httpVersionMajor === 2) {
+    // An HTTP/2 stream ends on its own; the connection carries other streams.
+    res.writeHead(reply.status, reply.h2Headers);
+    res.end(reply.body);
+    return;
+  }
   if (!req.complete && declaresBody(req)) res.setHeader('connection', 'close');
   res.writeHead(reply.status, reply.headers);
   res.end(reply.body);
 }
 
+/** The compat request of an HTTP/2 stream, as far as it matters here. */
+interface H2Request {
+  readonly stream?: { readonly endAfterHeaders?: boolean };
+}
+
 /** Whether the request says a body follows (Content-Length above 0, or Transfer-Encoding). */
 export function declaresBody(req: IncomingMessage): boolean {
+  // HTTP/2 frames a body in DATA frames, with or without content-length: there is one unless the
+  // HEADERS frame ended the stream.
+  if (req.httpVersionMajor === 2) return (req as H2Request).stream?.endAfterHeaders !== true;
   const h = req.headers;
   return (
     h['transfer-encoding'] !== undefined || (h['content-length'] !== undefined && h['content-length'] !== '0')

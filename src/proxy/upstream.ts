@@ -13,6 +13,27 @@ function hasBody(ctx: RequestContext): boolean {
   return declaresBody(ctx.req);
 }
 
+/**
+ * An HTTP/2 request forwarded as HTTP/1.1 (RFC 9113 §8.2.3, §8.3.1): the authority becomes Host
+ * (the one authorized), and cookie fields, which HTTP/2 may split, are joined into one.
+ */
+function fromHttp2(headers: string[], ctx: RequestContext): void {
+  let hasHost = false;
+  let w = 0;
+  for (let i = 0; i + 1 < headers.length; i += 2) {
+    const lower = (headers[i] as string).toLowerCase();
+    if (lower === 'cookie') continue;
+    if (lower === 'host') hasHost = true;
+    headers[w++] = headers[i] as string;
+    headers[w++] = headers[i + 1] as string;
+  }
+  headers.length = w;
+  const authority = ctx.headers[':authority'];
+  if (!hasHost && typeof authority === 'string') headers.push('host', authority);
+  const cookie = ctx.headers.cookie;
+  if (cookie !== undefined) headers.push('cookie', cookie);
+}
+
 /** Maps an undici failure before response headers to the reply a client should get. */
 export function replyForUpstreamError(err: Error & { code?: string }): LocalReply {
   switch (err.code) {
@@ -62,6 +83,8 @@ export class Upstream {
   }
 
   forward(ctx: RequestContext): void {
+    // The client went away while the stages ran (an async token check, an external authorizer).
+    if (ctx.closed) return;
     const plan = ctx.plan;
     const headers = upstreamRequestHeaders(
       ctx.req.rawHeaders,
@@ -70,6 +93,7 @@ export class Upstream {
       plan.pinned,
       plan.dropUnderscoreHeaders,
     );
+    if (ctx.req.httpVersionMajor === 2) fromHttp2(headers, ctx);
     ctx.upstreamStart = performance.now();
     // The client waits for this before it sends the body: only now, once the request is allowed.
     if (ctx.expectContinue) ctx.res.writeContinue();
@@ -108,6 +132,8 @@ class Exchange {
   private abortFn: ((err?: Error) => void) | null = null;
   private resumeFn: (() => void) | null = null;
   done = false;
+  /** The client's response closed (the client went away, or its HTTP/2 stream was reset). */
+  gone = false;
 
   constructor(ctx: RequestContext) {
     this.ctx = ctx;
@@ -116,7 +142,10 @@ class Exchange {
 
   onConnect(abort: (err?: Error) => void): void {
     this.abortFn = abort;
-    if (this.ctx.res.destroyed) abort(new Error('the client went away'));
+    // The client may have gone before undici had a connection for this request (an HTTP/2 stream
+    // reset at once, as in a rapid-reset flood): then it must not go on, holding an upstream
+    // connection while it waits for a body that will never come.
+    if (this.gone || this.ctx.closed || this.ctx.res.destroyed) abort(new Error('the client went away'));
   }
 
   onHeaders(statusCode: number, raw: Buffer[], resume: () => void): boolean {
@@ -162,6 +191,7 @@ class Exchange {
 
   /** The client's response closed: stop the upstream request if it is still going. */
   clientGone(): void {
+    this.gone = true;
     if (!this.done && this.abortFn !== null) this.abortFn(new Error('the client went away'));
   }
 

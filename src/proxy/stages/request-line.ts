@@ -26,19 +26,28 @@ export class RequestLineStage implements Stage {
     this.rejectOverrides = opts.rejectOverrideHeaders ?? false;
   }
 
-  private headersAcceptable(raw: readonly string[]): boolean {
-    return checkHeaderNames(raw, this.rejectUnderscores, this.rejectOverrides);
+  private headersAcceptable(raw: readonly string[], h2: boolean): boolean {
+    return checkHeaderNames(raw, this.rejectUnderscores, this.rejectOverrides, h2);
   }
 
   run(ctx: RequestContext): StageResult {
     const url = ctx.req.url ?? '';
-    const host = ctx.headers.host;
+    // HTTP/2 names the authority in :authority (RFC 9113 §8.3.1); a Host beside it must agree.
+    const h2 = ctx.req.httpVersionMajor === 2;
+    let host = ctx.headers.host;
+    if (h2) {
+      const authority = ctx.headers[':authority'];
+      if (typeof authority === 'string') {
+        if (host !== undefined && host !== authority) return REPLIES.badRequest;
+        host = authority;
+      }
+    }
     ctx.host = host === undefined ? '' : host.toLowerCase();
     if (!isUpperToken(ctx.method)) return REPLIES.badRequest;
     // Exactly one valid Host (RFC 9112 §3.2): HTTP/1.0 may omit it, but what is authorized on
     // `hosts` must be what the upstream routes on, and Node keeps only the first of two. Header
     // names the config refuses (underscores, method/URL overrides) are refused here too.
-    if (host === undefined || !isHostHeader(host) || !this.headersAcceptable(ctx.req.rawHeaders))
+    if (host === undefined || !isHostHeader(host) || !this.headersAcceptable(ctx.req.rawHeaders, h2))
       return REPLIES.badRequest;
     if (url === '*' && ctx.method === 'OPTIONS') {
       ctx.path = '*';
@@ -70,22 +79,27 @@ const OVERRIDE_HEADERS: ReadonlySet<string> = new Set([
 ]);
 const OVERRIDE_LENGTHS: ReadonlySet<number> = new Set([...OVERRIDE_HEADERS].map((h) => h.length));
 
-/** One pass over the raw header names: exactly one Host, and no refused names. */
+/**
+ * One pass over the raw header names: exactly one Host (HTTP/2: at most one, beside :authority),
+ * and no refused names. HTTP/2 pseudo-headers (`:path`, …) are not header names here.
+ */
 function checkHeaderNames(
   raw: readonly string[],
   rejectUnderscores: boolean,
   rejectOverrides: boolean,
+  h2: boolean,
 ): boolean {
   let hosts = 0;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string;
     const len = name.length;
+    if (name.charCodeAt(0) === 58 /* : */) continue;
     if (len === 4 && name.toLowerCase() === 'host') hosts++;
     else if (rejectUnderscores && name.indexOf('_') !== -1) return false;
     else if (rejectOverrides && OVERRIDE_LENGTHS.has(len) && OVERRIDE_HEADERS.has(name.toLowerCase()))
       return false;
   }
-  return hosts === 1;
+  return h2 ? hosts <= 1 : hosts === 1;
 }
 
 /**

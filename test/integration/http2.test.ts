@@ -1,0 +1,187 @@
+import http2 from 'node:http2';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { request } from '../helpers/client.js';
+import { type Harness, startHarness } from '../helpers/harness.js';
+import {
+  ISSUER,
+  JwksServer,
+  makeKey,
+  requestAuthentication,
+  type SigningKey,
+  sign,
+} from '../helpers/jwks.js';
+import type { EchoReply } from '../helpers/upstream.js';
+
+/**
+ * HTTP/2 inbound with Node's own http2 client over mTLS: one connection, many streams, each one
+ * checked as a request (peer verified once for the connection; token, policy, audit per stream),
+ * forwarded to an HTTP/1.1 upstream.
+ */
+
+const POLICIES = (jwksUri: string): string => `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: h2, namespace: default }
+spec:
+  selector: { matchLabels: { app: api } }
+  action: DENY
+  rules:
+    - to: [{ operation: { paths: [/denied] } }]
+    - to: [{ operation: { hosts: [secret.example] } }]
+---
+${requestAuthentication([{ issuer: ISSUER, jwksUri, audiences: ['api'], outputClaimToHeaders: [{ header: 'x-jwt-sub', claim: 'sub' }] }])}`;
+
+interface H2Response {
+  status: number;
+  headers: http2.IncomingHttpHeaders;
+  body: string;
+}
+
+function h2request(
+  session: http2.ClientHttp2Session,
+  headers: http2.OutgoingHttpHeaders,
+  body?: string,
+): Promise<H2Response> {
+  return new Promise((resolve, reject) => {
+    const s = session.request(headers, { endStream: body === undefined });
+    let data = '';
+    let status = 0;
+    let got: http2.IncomingHttpHeaders = {};
+    s.on('response', (h) => {
+      status = Number(h[':status']);
+      got = h;
+    });
+    s.setEncoding('utf8');
+    s.on('data', (c: string) => {
+      data += c;
+    });
+    s.on('end', () => resolve({ status, headers: got, body: data }));
+    s.on('error', reject);
+    if (body !== undefined) s.end(body);
+  });
+}
+
+describe('HTTP/2 inbound', () => {
+  let h: Harness;
+  let jwks: JwksServer;
+  let key: SigningKey;
+  let session: http2.ClientHttp2Session;
+
+  beforeAll(async () => {
+    key = await makeKey('k1');
+    jwks = new JwksServer([key]);
+    h = await startHarness({ policies: POLICIES(await jwks.listen()), listener: { http2: true } });
+    session = http2.connect(`https://localhost:${h.port}`, { ...h.client, servername: 'localhost' });
+    await new Promise<void>((resolve, reject) => {
+      session.once('connect', () => resolve());
+      session.once('error', reject);
+    });
+  });
+  afterAll(async () => {
+    session.close();
+    await h.close();
+    await jwks.close();
+  });
+
+  it('negotiates h2 by ALPN and verifies the peer once for all the streams', async () => {
+    expect(session.alpnProtocol).toBe('h2');
+    expect((await h2request(session, { ':path': '/first', ':authority': 'api.example' })).status).toBe(200);
+    const verified = h.proxy.listeners[0]?.stats.peersVerified ?? 0;
+    const results = await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        h2request(session, { ':path': `/ok/${i}`, ':authority': 'api.example' }),
+      ),
+    );
+    for (const [i, r] of results.entries()) {
+      expect(r.status).toBe(200);
+      const e = JSON.parse(r.body) as EchoReply;
+      expect(e.url).toBe(`/ok/${i}`);
+      expect(e.headers.host).toBe('api.example');
+      expect(String(e.headers['x-forwarded-client-cert'])).toContain(
+        'URI=spiffe://example.org/ns/default/sa/web',
+      );
+      expect(e.headers['x-request-id']).toBeDefined();
+    }
+    expect(h.proxy.listeners[0]?.stats.peersVerified).toBe(verified);
+  });
+
+  it('a denied stream gets 403 and the streams beside it are not disturbed', async () => {
+    const [a, denied, b, hostDenied] = await Promise.all([
+      h2request(session, { ':path': '/a', ':authority': 'api.example' }),
+      h2request(session, { ':path': '/denied', ':authority': 'api.example' }),
+      h2request(session, { ':path': '/b', ':authority': 'api.example' }),
+      h2request(session, { ':path': '/c', ':authority': 'secret.example' }),
+    ]);
+    expect([a.status, denied.status, b.status, hostDenied.status]).toEqual([200, 403, 200, 403]);
+    expect(denied.body).toBe('RBAC: access denied\n');
+    expect(session.closed).toBe(false);
+  });
+
+  it('checks tokens per stream: claims reach the upstream, a bad token is 401 with its challenge', async () => {
+    const ok = await h2request(session, {
+      ':path': '/me',
+      ':authority': 'api.example',
+      authorization: `Bearer ${await sign(key)}`,
+    });
+    expect(ok.status).toBe(200);
+    expect((JSON.parse(ok.body) as EchoReply).headers['x-jwt-sub']).toBe('alice');
+    const bad = await h2request(session, {
+      ':path': '/me',
+      ':authority': 'api.example',
+      authorization: 'Bearer x.y.z',
+    });
+    expect(bad.status).toBe(401);
+    expect(bad.headers['www-authenticate']).toMatch(/^Bearer realm="https:\/\/api\.example\/me"$/);
+  });
+
+  it('streams a request body to the upstream and joins split cookies into one field', async () => {
+    const r = await h2request(
+      session,
+      { ':method': 'POST', ':path': '/upload', ':authority': 'api.example', cookie: ['a=1', 'b=2'] },
+      'x'.repeat(100_000),
+    );
+    expect(r.status).toBe(200);
+    const e = JSON.parse(r.body) as EchoReply;
+    expect(e.bodyBytes).toBe(100_000);
+    expect(e.headers.cookie).toBe('a=1; b=2');
+  });
+
+  it('refuses a Host that disagrees with :authority', async () => {
+    const r = await h2request(session, {
+      ':path': '/x',
+      ':authority': 'api.example',
+      host: 'secret.example',
+    });
+    expect(r.status).toBe(400);
+  });
+
+  it('a rapid-reset flood (streams opened and cancelled at once) is cut; other connections carry on', async () => {
+    const attacker = http2.connect(`https://localhost:${h.port}`, { ...h.client, servername: 'localhost' });
+    attacker.on('error', () => undefined);
+    await new Promise<void>((r) => attacker.once('connect', () => r()));
+    const upstreamBefore = h.upstream.requests;
+    const ended = new Promise<string>((r) => {
+      attacker.once('goaway', (code) => r(`goaway ${code}`));
+      attacker.once('close', () => r('close'));
+    });
+    for (let i = 0; i < 5000 && !attacker.closed && !attacker.destroyed; i++) {
+      const s = attacker.request({ ':path': `/flood/${i}`, ':authority': 'api.example' });
+      s.on('error', () => undefined);
+      s.close(http2.constants.NGHTTP2_CANCEL);
+      if (i % 100 === 99) await new Promise((r) => setImmediate(r));
+    }
+    expect(
+      await Promise.race([ended, new Promise((r) => setTimeout(() => r('still open'), 5_000))]),
+    ).not.toBe('still open');
+    attacker.destroy();
+    // The well-behaved session beside it still works, and the flood did not become 5000 upstream calls.
+    expect((await h2request(session, { ':path': '/after-flood', ':authority': 'api.example' })).status).toBe(
+      200,
+    );
+    expect(h.upstream.requests - upstreamBefore).toBeLessThan(2_500);
+  });
+
+  it('still serves HTTP/1.1 clients on the same listener', async () => {
+    const r = await request(`${h.url}/h1`, h.client);
+    expect(r.status).toBe(200);
+  });
+});
