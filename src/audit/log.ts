@@ -22,6 +22,8 @@ export interface AuditedRequest extends RequestAttributes, DecisionOut {
   readonly startTime: number;
   readonly startedAt: number;
   readonly requestId: string;
+  /** The local reply sent, if any (its gRPC status is recorded for gRPC calls). */
+  readonly reply: { readonly grpcStatus: number } | null;
   readonly upstreamStart: number;
   readonly upstreamEnd: number;
   readonly upstreamStatus: number;
@@ -81,6 +83,7 @@ export class AuditLog {
       listener,
       decision: deny ? 'deny' : 'allow',
       status: ctx.res.statusCode,
+      grpcStatus: isGrpcCall(ctx.headers['content-type']) ? (ctx.reply?.grpcStatus ?? null) : undefined,
       reason,
       policy: ctx.policy?.id ?? null,
       rule: ctx.policy === null ? null : ctx.ruleIndex,
@@ -212,6 +215,10 @@ export class AuditLog {
   close(timeoutMs: number): Promise<unknown> {
     return Promise.all(this.sinks.map((s) => s.close(timeoutMs)));
   }
+}
+
+function isGrpcCall(contentType: string | undefined): boolean {
+  return contentType?.startsWith('application/grpc') === true;
 }
 
 /** The query with the value of every token parameter replaced by `REDACTED` (names compared decoded). */

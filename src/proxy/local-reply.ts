@@ -1,4 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { constants as h2constants, type ServerHttp2Stream } from 'node:http2';
+
+const NGHTTP2_INTERNAL_ERROR = h2constants.NGHTTP2_INTERNAL_ERROR;
 
 /**
  * gRPC status for an HTTP status, as Envoy maps a local reply for a gRPC client (gRPC's
@@ -138,6 +141,10 @@ export function sendLocalReply(res: ServerResponse, reply: LocalReply, challenge
   // instead of draining the whole body to keep the connection alive — so a refused client cannot
   // stream into the proxy until requestTimeout.
   const req = res.req;
+  if (req.httpVersionMajor === 2 && isGrpc(req)) {
+    sendGrpcReply(res, reply);
+    return;
+  }
   if (req.httpVersionMajor === 2) {
     // An HTTP/2 stream ends on its own; the connection carries other streams.
     res.writeHead(reply.status, reply.h2Headers);
@@ -147,6 +154,45 @@ export function sendLocalReply(res: ServerResponse, reply: LocalReply, challenge
   if (!req.complete && declaresBody(req)) res.setHeader('connection', 'close');
   res.writeHead(reply.status, reply.headers);
   res.end(reply.body);
+}
+
+/** A gRPC call (gRPC over HTTP/2: content-type application/grpc, +proto, +json, …). */
+export function isGrpc(req: IncomingMessage): boolean {
+  const ct = req.headers['content-type'];
+  return typeof ct === 'string' && ct.startsWith('application/grpc');
+}
+
+/**
+ * A local reply as a gRPC client understands it, as Envoy sends one: HTTP 200 and a trailers-only
+ * response (one HEADERS frame that ends the stream) carrying grpc-status and grpc-message.
+ */
+function sendGrpcReply(res: ServerResponse, reply: LocalReply): void {
+  const stream = (res as unknown as { stream: ServerHttp2Stream }).stream;
+  if (stream.headersSent || stream.destroyed) {
+    stream.close(NGHTTP2_INTERNAL_ERROR);
+    return;
+  }
+  stream.respond(
+    {
+      ':status': 200,
+      'content-type': 'application/grpc',
+      'grpc-status': String(reply.grpcStatus),
+      'grpc-message': grpcMessage(reply.body.toString('utf8').trim()),
+    },
+    { endStream: true },
+  );
+}
+
+/** gRPC's grpc-message encoding: percent-encoded UTF-8 outside printable ASCII, and `%` itself. */
+function grpcMessage(text: string): string {
+  let out = '';
+  for (const b of Buffer.from(text, 'utf8')) {
+    out +=
+      b >= 0x20 && b <= 0x7e && b !== 0x25
+        ? String.fromCharCode(b)
+        : `%${b.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return out;
 }
 
 /** The compat request of an HTTP/2 stream, as far as it matters here. */
