@@ -48,6 +48,7 @@ export interface ListenerConfig {
   readonly workloadPort: number;
   /** Whether ALPN offers h2 to clients (TLS listeners only). */
   readonly http2: boolean;
+  readonly upstreamProtocol: 'http1' | 'http2';
   readonly limits: Limits;
 }
 
@@ -240,6 +241,7 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
       upstream: l.upstream,
       workloadPort: l.workloadPort ?? defaultPort(l.upstream),
       http2: l.http2,
+      upstreamProtocol: l.upstreamProtocol,
       limits: mergeLimits(c.limits, l.limits),
     })),
     policies: c.policies.map(abs),

@@ -146,6 +146,8 @@ export const configSchema = z.strictObject({
         upstream,
         /** The workload port Istio policies refer to (portLevelMtls); defaults to the upstream's port. */
         workloadPort: port.optional(),
+        /** How to talk to the upstream: HTTP/1.1, or HTTP/2 (h2c with prior knowledge for http://). */
+        upstreamProtocol: z.enum(['http1', 'http2']).default('http1'),
         /** Offer HTTP/2 (ALPN h2) to clients beside HTTP/1.1; each stream is checked as a request. */
         http2: z.boolean().default(false),
         /** Rego compiled to WebAssembly, evaluated after the Istio policies. */

@@ -184,7 +184,7 @@ export class Portcullis implements AdminStatus {
   ): ListenerPlan {
     let upstream = this.upstreams.get(lc.name);
     if (upstream === undefined) {
-      upstream = new Upstream(lc.upstream, lc.limits, this.log);
+      upstream = new Upstream(lc.upstream, lc.limits, this.log, lc.upstreamProtocol);
       this.upstreams.set(lc.name, upstream);
     }
     const decision = snapshot.peerAuthn.get(lc.name);

@@ -7,6 +7,7 @@ import type { RequestContext } from './context.js';
 import { upstreamRequestHeaders, upstreamResponseHeaders } from './headers.js';
 import { declaresBody, type LocalReply, REPLIES, sendLocalReply } from './local-reply.js';
 import { LogLimiter } from './log-limit.js';
+import { abortH2Upstream, H2Upstream } from './upstream-h2.js';
 
 /** Methods whose requests carry no body unless they say so with Content-Length or Transfer-Encoding. */
 function hasBody(ctx: RequestContext): boolean {
@@ -69,10 +70,14 @@ export class Upstream {
   private readonly pool: Pool;
   private readonly log: Logger;
 
-  constructor(origin: string, limits: Limits, log: Logger) {
+  /** The HTTP/2 session's owner when upstreamProtocol is http2, else null (undici's pool is used). */
+  private readonly h2: H2Upstream | null;
+
+  constructor(origin: string, limits: Limits, log: Logger, protocol: 'http1' | 'http2' = 'http1') {
     this.origin = origin;
     this.limits = limits;
     this.log = log;
+    this.h2 = protocol === 'http2' ? new H2Upstream(origin, limits, log) : null;
     this.pool = new Pool(origin, {
       connections: limits.upstreamConnections,
       connect: { timeout: limits.upstreamConnectTimeout },
@@ -93,10 +98,14 @@ export class Upstream {
       plan.pinned,
       plan.dropUnderscoreHeaders,
     );
-    if (ctx.req.httpVersionMajor === 2) fromHttp2(headers, ctx);
-    ctx.upstreamStart = performance.now();
     // The client waits for this before it sends the body: only now, once the request is allowed.
     if (ctx.expectContinue) ctx.res.writeContinue();
+    if (this.h2 !== null) {
+      this.h2.forward(ctx, headers);
+      return;
+    }
+    if (ctx.req.httpVersionMajor === 2) fromHttp2(headers, ctx);
+    ctx.upstreamStart = performance.now();
     // undici's dispatch with a handler object: the response goes straight from the upstream's
     // parser into the client's response, without the stream wrappers of request()/stream().
     this.pool.dispatch(
@@ -112,7 +121,7 @@ export class Upstream {
 
   /** Lets in-flight requests finish, then closes upstream connections. */
   close(): Promise<void> {
-    return this.pool.close();
+    return Promise.all([this.pool.close(), this.h2?.close()]).then(() => undefined);
   }
 
   get logger(): Logger {
@@ -207,4 +216,5 @@ function onDrain(this: ServerResponse & { [kExchange]?: Exchange }): void {
 /** Called when a client response closes (listener.ts), so an unfinished upstream request stops too. */
 export function abortUpstream(res: ServerResponse): void {
   (res as ServerResponse & { [kExchange]?: Exchange })[kExchange]?.clientGone();
+  abortH2Upstream(res);
 }

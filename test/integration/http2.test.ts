@@ -185,3 +185,62 @@ describe('HTTP/2 inbound', () => {
     expect(r.status).toBe(200);
   });
 });
+
+describe('an HTTP/2 upstream (h2c with prior knowledge)', () => {
+  let h: Harness;
+  const server = http2.createServer();
+  const seen: http2.IncomingHttpHeaders[] = [];
+
+  beforeAll(async () => {
+    server.on('stream', (stream, headers) => {
+      seen.push(headers);
+      let n = 0;
+      stream.on('data', (c: Buffer) => {
+        n += c.length;
+      });
+      stream.on('end', () => {
+        stream.respond({ ':status': 200, 'content-type': 'text/plain', 'x-upstream': 'h2c' });
+        stream.end(`h2c upstream got ${headers[':method']} ${headers[':path']} with ${n} bytes`);
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as { port: number }).port;
+    h = await startHarness({
+      upstreamUrl: `http://127.0.0.1:${port}`,
+      listener: { upstreamProtocol: 'http2' },
+    });
+  });
+  afterAll(async () => {
+    await h.close();
+    server.close();
+  });
+
+  it('serves an HTTP/1.1 client, with the Host authorized as :authority and the body streamed', async () => {
+    const r = await request(`${h.url}/items?x=1`, {
+      ...h.client,
+      method: 'POST',
+      body: 'x'.repeat(5000),
+      headers: { host: 'api.example' },
+    });
+    expect(r.status).toBe(200);
+    expect(r.headers['x-upstream']).toBe('h2c');
+    expect(r.text).toBe('h2c upstream got POST /items?x=1 with 5000 bytes');
+    const last = seen.at(-1) as http2.IncomingHttpHeaders;
+    expect(last[':authority']).toBe('api.example');
+    expect(String(last['x-forwarded-client-cert'])).toContain('URI=spiffe://example.org/ns/default/sa/web');
+    expect(last.host).toBeUndefined();
+  });
+});
+
+describe('an HTTP/2 upstream that is down', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness({ upstreamUrl: 'http://127.0.0.1:1', listener: { upstreamProtocol: 'http2' } });
+  });
+  afterAll(() => h.close());
+
+  it('answers 503 and keeps serving', async () => {
+    expect((await request(`${h.url}/a`, h.client)).status).toBe(503);
+    expect((await request(`${h.url}/b`, h.client)).status).toBe(503);
+  });
+});
