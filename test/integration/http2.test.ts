@@ -1,4 +1,5 @@
 import http2 from 'node:http2';
+import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from '../helpers/client.js';
 import { type Harness, startHarness } from '../helpers/harness.js';
@@ -178,6 +179,57 @@ describe('HTTP/2 inbound', () => {
       200,
     );
     expect(h.upstream.requests - upstreamBefore).toBeLessThan(2_500);
+  });
+
+  it('a CONTINUATION flood (a header block that never ends) is cut; other connections carry on', async () => {
+    // No library sends this on purpose, so the frames are written here (RFC 9113 §4.1, §6.2, §6.10):
+    // a HEADERS frame without END_HEADERS, then CONTINUATION frames that never set it.
+    const frame = (type: number, flags: number, stream: number, payload: Buffer): Buffer => {
+      const h = Buffer.alloc(9);
+      h.writeUIntBE(payload.length, 0, 3);
+      h[3] = type;
+      h[4] = flags;
+      h.writeUInt32BE(stream, 5);
+      return Buffer.concat([h, payload]);
+    };
+    const literal = (name: string, value: string): Buffer =>
+      Buffer.concat([
+        Buffer.from([0x00, name.length]),
+        Buffer.from(name),
+        Buffer.from([value.length]),
+        Buffer.from(value),
+      ]);
+    const sock = tls.connect({
+      host: '127.0.0.1',
+      port: h.port,
+      ...h.client,
+      servername: 'localhost',
+      ALPNProtocols: ['h2'],
+    });
+    sock.on('error', () => undefined);
+    await new Promise<void>((r) => sock.once('secureConnect', () => r()));
+    expect(sock.alpnProtocol).toBe('h2');
+    const closed = new Promise<void>((r) => sock.once('close', () => r()));
+    sock.write(Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'));
+    sock.write(frame(0x4, 0, 0, Buffer.alloc(0))); // SETTINGS
+    // :method GET, :path /, :scheme https (static table 2, 4, 7), no END_HEADERS (flag 0x4).
+    sock.write(frame(0x1, 0x1, 1, Buffer.from([0x82, 0x84, 0x87])));
+    let sent = 0;
+    for (let i = 0; i < 20_000 && !sock.destroyed; i++) {
+      sock.write(frame(0x9, 0, 1, literal(`x-${i % 100}`, 'v')));
+      sent++;
+      if (i % 500 === 499) await new Promise((r) => setImmediate(r));
+    }
+    const outcome = await Promise.race([
+      closed.then(() => 'closed'),
+      new Promise((r) => setTimeout(() => r('open'), 5_000)),
+    ]);
+    sock.destroy();
+    expect(outcome).toBe('closed');
+    expect(sent).toBeGreaterThan(0);
+    expect(
+      (await h2request(session, { ':path': '/after-continuation', ':authority': 'api.example' })).status,
+    ).toBe(200);
   });
 
   it('still serves HTTP/1.1 clients on the same listener', async () => {
