@@ -11,10 +11,12 @@ import { cpus, tmpdir, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import * as grpc from '@grpc/grpc-js';
 import autocannon from 'autocannon';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { stringify } from 'yaml';
 import { createCa, issueSvid } from '../dist/index.js';
+import { grpcLoad } from './grpc-load.mjs';
 import { haproxyTarget } from './haproxy.mjs';
 import { opaTestModule, tarGz } from './opa-test-module.mjs';
 import { policiesYaml } from './policies.mjs';
@@ -344,6 +346,57 @@ for (const name of ['upstream alone', 'portcullis everything (RS256, audit)']) {
   log(`  fixed ${RATE} req/s  ${name.padEnd(42)} p50 ${r.latency.p50} ms  p99 ${r.latency.p99} ms`);
 }
 
+// gRPC unary calls: the service directly (h2c) and through Portcullis (mTLS + HTTP/2 in, h2c out,
+// one ALLOW policy on the method), driven alike by grpc-js, interleaved over the rounds.
+const grpcPort = await startProcess('grpc-upstream', 'grpc-upstream.mjs', []);
+mkdirSync(join(dir, 'grpc-policies'));
+writeFileSync(
+  join(dir, 'grpc-policies', 'grpc.yaml'),
+  stringify({
+    apiVersion: 'security.istio.io/v1',
+    kind: 'AuthorizationPolicy',
+    metadata: { name: 'grpc', namespace: 'default' },
+    spec: {
+      selector: { matchLabels: { app: 'api' } },
+      action: 'ALLOW',
+      rules: [
+        {
+          from: [{ source: { principals: ['example.org/ns/default/sa/web'] } }],
+          to: [{ operation: { paths: ['/bench.Echo/*'] } }],
+        },
+      ],
+    },
+  }),
+);
+const grpcProxyPort = await startProcess('portcullis-grpc', 'portcullis-target.mjs', [
+  portcullisConfig(
+    'grpc',
+    { policies: [join(dir, 'grpc-policies')] },
+    { upstream: `http://127.0.0.1:${grpcPort}`, http2: true, upstreamProtocol: 'http2' },
+  ),
+]);
+const grpcCreds = grpc.credentials.createSsl(
+  Buffer.from(ca.certPem),
+  Buffer.from(web.keyPem),
+  Buffer.from(web.certPem),
+);
+const grpcRuns = { direct: [], portcullis: [] };
+for (let round = 1; round <= ROUNDS; round++) {
+  const d = await grpcLoad(`127.0.0.1:${grpcPort}`, grpc.credentials.createInsecure(), {
+    seconds: DURATION,
+    concurrency: CONNECTIONS,
+  });
+  grpcRuns.direct.push(d);
+  const p = await grpcLoad(`localhost:${grpcProxyPort}`, grpcCreds, {
+    seconds: DURATION,
+    concurrency: CONNECTIONS,
+  });
+  grpcRuns.portcullis.push(p);
+  log(
+    `  round ${round}/${ROUNDS}  gRPC unary: direct ${d.callsPerSec} calls/s p99 ${d.p99.toFixed(1)} ms; through Portcullis ${p.callsPerSec} calls/s p99 ${p.p99.toFixed(1)} ms (errors ${d.errors}/${p.errors})`,
+  );
+}
+
 // ---------- report ----------
 const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const rows = timed.map((t) => {
@@ -418,13 +471,21 @@ const ratioTable = [
     ([name, f]) => `| p50 / p99 at a fixed ${f.rate} req/s, ${name} | ${f.p50} / ${f.p99} ms | |`,
   ),
 ].join('\n');
+const grpcRow = (name, runs) =>
+  `| ${name} | ${Math.round(mean(runs.map((r) => r.callsPerSec)))} | ${Math.min(...runs.map((r) => r.callsPerSec))}–${Math.max(...runs.map((r) => r.callsPerSec))} | ${mean(runs.map((r) => r.p50)).toFixed(2)} | ${mean(runs.map((r) => r.p99)).toFixed(2)} | ${runs.reduce((a, r) => a + r.errors, 0)} |`;
+const grpcTable = [
+  `| gRPC unary (${CONNECTIONS} calls in flight, grpc-js) | calls/s | range over rounds | p50 ms | p99 ms | errors |`,
+  '|---|---:|---:|---:|---:|---:|',
+  grpcRow('service directly (h2c)', grpcRuns.direct),
+  grpcRow('through Portcullis (mTLS h2 in, SPIFFE, policy, h2c out)', grpcRuns.portcullis),
+].join('\n');
 const noise =
   ROUNDS > 1
     ? `Each ratio is the mean over ${ROUNDS} interleaved rounds; the range gives each round's ratio.`
     : 'One round only (--quick): there is no spread to report, and on a shared 2-core machine a ratio can move by ±15 % or more from one run to the next. Use the full run (3 rounds) for figures to quote.';
 const cpu = cpus()[0]?.model ?? 'unknown CPU';
 const machine = `${cpus().length} × ${cpu}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`;
-console.log(`\n${table}\n\n${ratioTable}\n\n${noise}\n`);
+console.log(`\n${table}\n\n${ratioTable}\n\n${grpcTable}\n\n${noise}\n`);
 console.log(`machine: ${machine}`);
 for (const t of selected.filter((x) => x.excluded)) console.log(`not compared: ${t.name} (${t.excluded})`);
 
@@ -438,6 +499,7 @@ const report = {
   rows,
   ratios,
   fixedRate: fixed,
+  grpc: grpcRuns,
   haproxy: hap.note,
   excluded: selected.filter((x) => x.excluded).map((x) => ({ target: x.name, why: x.excluded })),
 };
@@ -451,7 +513,7 @@ writeFileSync(join(resultsDir, 'latest.json'), `${JSON.stringify(report, null, 2
 writeSvg(join(resultsDir, 'latest.svg'), report);
 writeFileSync(
   join(resultsDir, 'latest.md'),
-  `${report.mode} run, ${report.time}: ${ROUNDS} round(s) × ${DURATION} s per target, ${CONNECTIONS} connections, interleaved\n\n${table}\n\n${ratioTable}\n\n${noise}\n\nmachine: ${machine}\n`,
+  `${report.mode} run, ${report.time}: ${ROUNDS} round(s) × ${DURATION} s per target, ${CONNECTIONS} connections, interleaved\n\n${table}\n\n${ratioTable}\n\n${grpcTable}\n\n${noise}\n\nmachine: ${machine}\n`,
 );
 log(`\nwrote ${shown}/${stamp}.json, latest.json, latest.svg, latest.md`);
 
