@@ -2,9 +2,9 @@ import http from 'node:http';
 import https from 'node:https';
 import type { Socket } from 'node:net';
 import type { RequestContext } from './context.js';
-import { upstreamRequestHeaders, upstreamResponseHeaders } from './headers.js';
+import { upstreamResponseHeaders } from './headers.js';
 import { sendLocalReply } from './local-reply.js';
-import { replyForUpstreamError } from './upstream.js';
+import { forwardingHeaders, replyForUpstreamError } from './upstream.js';
 
 /**
  * WebSocket (RFC 6455) through the proxy. The upgrade request went through every stage like any
@@ -109,13 +109,7 @@ function onSideError(this: Socket & Tagged): void {
 export function openTunnel(ctx: RequestContext): void {
   const plan = ctx.plan;
   const origin = new URL(plan.upstream.origin);
-  const headers = upstreamRequestHeaders(
-    ctx.req.rawHeaders,
-    ctx.headers.connection,
-    ctx,
-    plan.pinned,
-    plan.dropUnderscoreHeaders,
-  );
+  const headers = forwardingHeaders(ctx);
   // Upgrade and Connection are hop-by-hop, so the forwarding headers dropped them: the upgrade to
   // ask the upstream for is WebSocket, and nothing else (other upgrades were refused).
   headers.push('Connection', 'Upgrade', 'Upgrade', 'websocket');

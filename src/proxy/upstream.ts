@@ -14,6 +14,18 @@ function hasBody(ctx: RequestContext): boolean {
   return declaresBody(ctx.req);
 }
 
+/** The header list a request is forwarded with, under its plan's pinned-header and underscore rules. */
+export function forwardingHeaders(ctx: RequestContext): string[] {
+  const plan = ctx.plan;
+  return upstreamRequestHeaders(
+    ctx.req.rawHeaders,
+    ctx.headers.connection,
+    ctx,
+    plan.pinned,
+    plan.dropUnderscoreHeaders,
+  );
+}
+
 /**
  * An HTTP/2 request forwarded as HTTP/1.1 (RFC 9113 §8.2.3, §8.3.1): the authority becomes Host
  * (the one authorized), and cookie fields, which HTTP/2 may split, are joined into one.
@@ -90,14 +102,7 @@ export class Upstream {
   forward(ctx: RequestContext): void {
     // The client went away while the stages ran (an async token check, an external authorizer).
     if (ctx.closed) return;
-    const plan = ctx.plan;
-    const headers = upstreamRequestHeaders(
-      ctx.req.rawHeaders,
-      ctx.headers.connection,
-      ctx,
-      plan.pinned,
-      plan.dropUnderscoreHeaders,
-    );
+    const headers = forwardingHeaders(ctx);
     // The client waits for this before it sends the body: only now, once the request is allowed.
     if (ctx.expectContinue) ctx.res.writeContinue();
     if (this.h2 !== null) {
