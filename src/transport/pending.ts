@@ -86,11 +86,6 @@ export class PendingConnections {
     if (n <= 0) this.perSource.delete(source);
     else this.perSource.set(source, n);
   }
-
-  /** Every pending connection, oldest first (for shutdown). */
-  all(): IterableIterator<Socket> {
-    return this.sockets.values();
-  }
 }
 
 /**

@@ -146,6 +146,23 @@ describe('HTTP/2 inbound', () => {
     expect(e.headers.cookie).toBe('a=1; b=2');
   });
 
+  it('a header list over maxHeaderSize never reaches the upstream, and the connection goes on', async () => {
+    const before = h.upstream.requests;
+    const outcome = await h2request(session, {
+      ':path': '/huge',
+      ':authority': 'api.example',
+      'x-big': 'a'.repeat(40_000),
+    }).then(
+      (r) => `status ${r.status}`,
+      (e: Error & { code?: string }) => `refused ${e.code ?? e.message}`,
+    );
+    expect(outcome).not.toBe('status 200');
+    expect(h.upstream.requests).toBe(before);
+    expect((await h2request(session, { ':path': '/after-huge', ':authority': 'api.example' })).status).toBe(
+      200,
+    );
+  });
+
   it('refuses a Host that disagrees with :authority', async () => {
     const r = await h2request(session, {
       ':path': '/x',

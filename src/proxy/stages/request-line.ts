@@ -106,7 +106,7 @@ function checkHeaderNames(
  * RFC 3986 §3.2.2 host (reg-name, IPv4 or a bracketed IPv6 literal) with an optional port
  * (1–5 digits, at most 65535); an empty host is refused (RFC 9110 §4.2.1).
  */
-export function isHostHeader(v: string): boolean {
+function isHostHeader(v: string): boolean {
   const end = v.length;
   let i = 0;
   if (v.charCodeAt(0) === 91 /* [ */) {
