@@ -14,22 +14,34 @@ export type { AuditConfig, AuditDecisions, SinkConfig };
  */
 export const AUDIT_SCHEMA_VERSION = 1;
 
-/**
- * What an event is built from. The proxy's request context provides it; audit/ names only the
- * fields it reads, so it does not depend on the proxy.
- */
-export interface AuditedRequest extends RequestAttributes, DecisionOut {
-  readonly startTime: number;
-  readonly startedAt: number;
+/** The attributes an event records: the decision's, plus what identifies the request. */
+export interface AuditedAttributes extends RequestAttributes {
   readonly requestId: string;
+  /** Arrival, epoch ms. */
+  readonly time: number;
+  readonly tls: boolean;
+}
+
+/**
+ * What an event is built from: the attributes and the decision (plain data), and the outcome. The
+ * proxy's request stream provides it (published on `portcullis:request:finished`); audit/ names
+ * only the fields it reads, so it does not depend on the proxy.
+ */
+export interface AuditedRequest {
+  readonly attrs: AuditedAttributes;
+  readonly decision: DecisionOut;
+  /** performance.now() at arrival. */
+  readonly startTime: number;
   /** The local reply sent, if any (its gRPC status is recorded for gRPC calls). */
   readonly reply: { readonly grpcStatus: number } | null;
   readonly upstreamStart: number;
   readonly upstreamEnd: number;
   readonly upstreamStatus: number;
   readonly authzMs: number;
-  readonly tls: boolean;
-  readonly res: { readonly statusCode: number; readonly writableFinished: boolean };
+  /** The status the client got. */
+  readonly status: number;
+  /** The whole response was written. */
+  readonly completed: boolean;
 }
 
 function round(n: number, digits: number): number {
@@ -56,7 +68,7 @@ export class AuditLog {
    * reason the proxy read from its reply table. Appends; never waits.
    */
   recordRequest(
-    ctx: AuditedRequest,
+    r: AuditedRequest,
     listener: string,
     authorized: boolean,
     deny: boolean,
@@ -65,57 +77,59 @@ export class AuditLog {
   ): void {
     const c = this.config;
     if (c.decisions === 'deny' && !deny) return;
-    if (c.decisions === 'audit' && ctx.auditPolicy === null) return;
+    const a = r.attrs;
+    const d = r.decision;
+    if (c.decisions === 'audit' && d.auditPolicy === null) return;
     if (c.decisions === 'all' && !deny && c.sampleAllows < 1 && Math.random() >= c.sampleAllows) return;
     const now = performance.now();
     let headers: Record<string, string> | undefined;
     if (c.headers.length > 0) {
       headers = {};
       for (const h of c.headers) {
-        const v = ctx.headers[h];
+        const v = a.headers[h];
         if (v !== undefined) headers[h] = headerText(v) as string;
       }
     }
     const event = {
       version: AUDIT_SCHEMA_VERSION,
-      time: new Date(ctx.startedAt).toISOString(),
-      requestId: ctx.requestId,
+      time: new Date(a.time).toISOString(),
+      requestId: a.requestId,
       listener,
       decision: deny ? 'deny' : 'allow',
-      status: ctx.res.statusCode,
-      grpcStatus: isGrpcCall(ctx.headers['content-type']) ? (ctx.reply?.grpcStatus ?? null) : undefined,
+      status: r.status,
+      grpcStatus: isGrpcCall(a.headers['content-type']) ? (r.reply?.grpcStatus ?? null) : undefined,
       reason,
-      policy: ctx.policy?.id ?? null,
-      rule: ctx.policy === null ? null : ctx.ruleIndex,
-      audit: ctx.auditPolicy?.id ?? null,
+      policy: d.policy?.id ?? null,
+      rule: d.policy === null ? null : d.ruleIndex,
+      audit: d.auditPolicy?.id ?? null,
       dryRun: authorized
         ? {
-            deny: ctx.shadowDenyPolicy?.id ?? null,
-            allowPoliciesAllow: ctx.shadowAllowed,
-            allowPolicy: ctx.shadowAllowPolicy?.id ?? null,
+            deny: d.shadowDenyPolicy?.id ?? null,
+            allowPoliciesAllow: d.shadowAllowed,
+            allowPolicy: d.shadowAllowPolicy?.id ?? null,
           }
         : null,
-      source: { principal: ctx.peerPrincipal, address: ctx.sourceAddress, port: ctx.sourcePort },
-      remoteAddress: ctx.remoteAddress,
-      tls: ctx.tls,
+      source: { principal: a.peerPrincipal, address: a.sourceAddress, port: a.sourcePort },
+      remoteAddress: a.remoteAddress,
+      tls: a.tls,
       request: {
-        method: ctx.method,
-        host: ctx.host,
-        path: ctx.path,
-        query: c.includeQuery && ctx.query !== '' ? redactQuery(ctx.query, tokenParams) : undefined,
-        principal: ctx.requestPrincipal,
+        method: a.method,
+        host: a.host,
+        path: a.path,
+        query: c.includeQuery && a.query !== '' ? redactQuery(a.query, tokenParams) : undefined,
+        principal: a.requestPrincipal,
         headers,
       },
       upstream:
-        ctx.upstreamStart === 0
+        r.upstreamStart === 0
           ? null
           : {
-              status: ctx.upstreamStatus,
-              durationMs: round((ctx.upstreamEnd || now) - ctx.upstreamStart, 3),
+              status: r.upstreamStatus,
+              durationMs: round((r.upstreamEnd || now) - r.upstreamStart, 3),
             },
-      authzMicros: round(ctx.authzMs * 1000, 1),
-      durationMs: round(now - ctx.startTime, 3),
-      completed: ctx.res.writableFinished,
+      authzMicros: round(r.authzMs * 1000, 1),
+      durationMs: round(now - r.startTime, 3),
+      completed: r.completed,
     };
     this.offer(JSON.stringify(event));
   }

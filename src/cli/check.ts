@@ -1,16 +1,12 @@
-import type { RequestAttributes } from '../authz/attributes.js';
+import { type Attributes, requestAttributes } from '../authz/attributes.js';
 import { Authorizer, Decision } from '../authz/compile.js';
-import { normalizePath } from '../authz/normalize.js';
 import { referenceDecide } from '../authz/reference.js';
 import { RegoEngine } from '../authz/rego/engine.js';
-import type { Config } from '../config/load.js';
-import { PortcullisError } from '../errors.js';
+import type { Config, ListenerConfig } from '../config/load.js';
+import { errorMessage, PortcullisError } from '../errors.js';
 import { SpiffeId } from '../identity/spiffe-id.js';
-import { PeerIdentity } from '../identity/verify-peer.js';
 import { loadPolicies } from '../istio/load.js';
 import { appliesTo } from '../istio/selector.js';
-import { kPeer, RequestContext } from '../proxy/context.js';
-import type { ListenerPlan } from '../proxy/plan.js';
 import { envoyInput } from '../proxy/stages/rego.js';
 
 export interface CheckInput {
@@ -35,19 +31,24 @@ function usage(message: string): never {
   throw new PortcullisError('ERR_USAGE', message);
 }
 
-/** Builds the attributes a request with these properties would have on the given listener. */
-export function checkAttributes(config: Config, input: CheckInput): RequestAttributes {
-  const listener =
-    input.listener === undefined
-      ? config.listeners[0]
-      : config.listeners.find((l) => l.name === input.listener);
-  if (listener === undefined) usage(`no listener named "${input.listener}"`);
+/**
+ * The attributes a request with these properties would have on the given listener: a described
+ * connection and head, through the same function the proxy uses (path normalization, request id,
+ * remote.ip), then the claims a verified token would have set.
+ */
+export function checkAttributes(config: Config, input: CheckInput): Attributes {
+  const listener = findListener(config, input);
   if (!input.path.startsWith('/')) usage('--path must start with "/"');
-  const q = input.path.indexOf('?');
-  const rawPath = q === -1 ? input.path : input.path.slice(0, q);
   let principal = input.principal ?? '';
-  if (principal.startsWith('spiffe://')) principal = principal.slice('spiffe://'.length);
-  const nsMatch = /\/ns\/([^/]+)/.exec(principal);
+  if (principal !== '' && !principal.startsWith('spiffe://')) principal = `spiffe://${principal}`;
+  let peer: SpiffeId | null = null;
+  if (principal !== '') {
+    try {
+      peer = SpiffeId.parse(principal);
+    } catch (err) {
+      usage(`--principal: ${errorMessage(err)}`);
+    }
+  }
   let claims: Record<string, unknown> | null = null;
   if (input.claims !== undefined) {
     try {
@@ -66,39 +67,55 @@ export function checkAttributes(config: Config, input: CheckInput): RequestAttri
     if (eq <= 0) usage(`--header "${h}" is not name=value`);
     headers[h.slice(0, eq).toLowerCase()] = h.slice(eq + 1);
   }
-  const host = (input.host ?? headers.host ?? 'localhost').toLowerCase();
-  headers.host = host;
-  const aud = claims?.aud;
-  const requestPrincipal =
-    input.requestPrincipal ??
-    (claims !== null && typeof claims.iss === 'string' && typeof claims.sub === 'string'
-      ? `${claims.iss}/${claims.sub}`
-      : '');
+  headers.host = input.host ?? headers.host ?? 'localhost';
+  let trustedProxies = config.trustedProxies;
+  if (input.remoteIp !== undefined) {
+    // remote.ip other than the peer's address can only come from X-Forwarded-For through a trusted hop.
+    const xff = headers['x-forwarded-for'];
+    headers['x-forwarded-for'] = xff === undefined ? input.remoteIp : `${xff}, ${input.remoteIp}`;
+    trustedProxies = Math.max(1, trustedProxies);
+  }
+  headers['x-request-id'] ??= 'portcullis-check';
   const source = input.sourceIp ?? '127.0.0.1';
-  return {
-    method: input.method.toUpperCase(),
-    host,
-    path: normalizePath(rawPath, config.pathNormalization),
-    query: q === -1 ? '' : input.path.slice(q + 1),
-    headers,
-    sourceAddress: source,
-    sourcePort: 0,
-    remoteAddress: input.remoteIp ?? source,
-    destinationAddress: listener.address.host,
-    destinationPort: listener.workloadPort,
-    sni: input.sni ?? '',
-    peerPrincipal: principal,
-    peerNamespace: nsMatch?.[1] ?? '',
-    requestPrincipal,
-    claims,
-    audiences:
+  const a = requestAttributes(
+    {
+      sourceAddress: source,
+      sourcePort: 0,
+      destinationAddress: listener.address.host,
+      tls: peer !== null || input.sni !== undefined,
+      sni: input.sni ?? '',
+      peerId: peer?.id ?? '',
+      peerPrincipal: peer?.principal ?? '',
+      peerNamespace: peer?.namespace ?? '',
+    },
+    { method: input.method.toUpperCase(), target: input.path, headers, httpVersion: '1.1' },
+    { workloadPort: listener.workloadPort, normalization: config.pathNormalization, trustedProxies },
+    Date.now(),
+  );
+  if (claims !== null) {
+    const aud = claims.aud;
+    a.claims = claims;
+    a.audiences =
       typeof aud === 'string'
         ? [aud]
         : Array.isArray(aud)
-          ? aud.filter((a): a is string => typeof a === 'string')
-          : [],
-    presenter: typeof claims?.azp === 'string' ? claims.azp : '',
-  };
+          ? aud.filter((x): x is string => typeof x === 'string')
+          : [];
+    a.presenter = typeof claims.azp === 'string' ? claims.azp : '';
+    if (typeof claims.iss === 'string' && typeof claims.sub === 'string')
+      a.requestPrincipal = `${claims.iss}/${claims.sub}`;
+  }
+  if (input.requestPrincipal !== undefined) a.requestPrincipal = input.requestPrincipal;
+  return a;
+}
+
+function findListener(config: Config, input: CheckInput): ListenerConfig {
+  const listener =
+    input.listener === undefined
+      ? config.listeners[0]
+      : config.listeners.find((l) => l.name === input.listener);
+  if (listener === undefined) usage(`no listener named "${input.listener}"`);
+  return listener;
 }
 
 /**
@@ -138,14 +155,12 @@ export function runCheck(config: Config, input: CheckInput, out: (line: string) 
       `  WARNING: the reference evaluator disagrees (${ref.allowed ? 'allow' : 'deny'} by ${ref.policy ?? '-'} rule[${ref.ruleIndex}]); please report this`,
     );
   }
-  const listener =
-    input.listener === undefined
-      ? config.listeners[0]
-      : config.listeners.find((l) => l.name === input.listener);
+  const listener = findListener(config, input);
   let regoDenied = false;
-  if (listener?.rego != null) {
+  if (listener.rego !== null) {
     const engine = RegoEngine.load(listener.rego);
-    const rego = engine.evaluate(regoInput(a, input, listener.workloadPort));
+    // The OPA-Envoy input the proxy would build for this request (the same function).
+    const rego = engine.evaluate(envoyInput(a, engine.headers, ''));
     const extra = rego.allowed
       ? rego.upstreamHeaders.length > 0
         ? ` (headers upstream: ${rego.upstreamHeaders.map(([k, v]) => `${k}: ${v}`).join(', ')})`
@@ -171,35 +186,4 @@ export function runCheck(config: Config, input: CheckInput, out: (line: string) 
     }
   }
   return d.allowed && !regoDenied ? 0 : EXIT_DENIED;
-}
-
-/** The OPA-Envoy input the proxy would build for this request (same code path as the proxy). */
-function regoInput(a: RequestAttributes, input: CheckInput, workloadPort: number): unknown {
-  const socket: Record<string | symbol, unknown> = {
-    remoteAddress: a.sourceAddress,
-    remotePort: a.sourcePort,
-    localAddress: a.destinationAddress,
-    encrypted: a.peerPrincipal !== '',
-    servername: a.sni,
-  };
-  if (a.peerPrincipal !== '')
-    socket[kPeer] = new PeerIdentity(SpiffeId.parse(`spiffe://${a.peerPrincipal}`), '', 0);
-  const req = {
-    method: a.method,
-    url: input.path,
-    httpVersion: '1.1',
-    headers: a.headers,
-    rawHeaders: [],
-    socket,
-  };
-  const plan = { workloadPort } as unknown as ListenerPlan;
-  // A request context over a described request: no socket or response is involved in evaluating.
-  const ctx = new RequestContext(plan, req as never, {} as never);
-  ctx.host = a.host;
-  ctx.path = a.path;
-  ctx.query = a.query;
-  ctx.requestId = 'portcullis-check';
-  ctx.requestPrincipal = a.requestPrincipal;
-  ctx.claims = a.claims;
-  return envoyInput(ctx, null, '');
 }

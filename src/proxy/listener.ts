@@ -6,19 +6,18 @@ import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
 import type { ListenerConfig } from '../config/load.js';
-import { PeerError, verifyPeer } from '../identity/verify-peer.js';
+import { PeerError, type PeerIdentity, verifyPeer } from '../identity/verify-peer.js';
+import { attachConnection, connectionOf } from '../transport/connection.js';
 import { PendingConnections } from '../transport/pending.js';
-import { kPeer, kXfcc, type PortcullisSocket, RequestContext } from './context.js';
 import { xfccElement } from './headers.js';
 import { type LocalReply, REPLIES } from './local-reply.js';
 import { LogLimiter } from './log-limit.js';
-import { reply, runStages } from './pipeline.js';
 import type { ListenerPlan } from './plan.js';
-import { prepareRequest } from './prelude.js';
+import { RequestStream } from './stream.js';
 import { abortUpstream } from './upstream.js';
 
 const kListener = Symbol('portcullis.listener');
-const kContext = Symbol('portcullis.context');
+const kStream = Symbol('portcullis.stream');
 const kHandedOff = Symbol('portcullis.handedOff');
 /** Set on a raw socket closed by the pending deadline, so the TLS error that follows is not counted again. */
 const kTimedOut = Symbol('portcullis.timedOut');
@@ -274,7 +273,7 @@ export class InboundListener {
     if (mode === 'STRICT') {
       this.tls.emit('connection', socket);
     } else if (mode === 'DISABLE') {
-      this.handOff(socket);
+      this.handOff(socket, null, '');
     } else {
       // PERMISSIVE: wait for the first byte without consuming it, then route. The pending
       // deadline covers the wait.
@@ -337,16 +336,14 @@ export class InboundListener {
     socket.unshift(chunk);
     socket.off('error', onSniffError);
     if (chunk[0] === TLS_HANDSHAKE) this.tls.emit('connection', socket);
-    else this.handOff(socket);
+    else this.handOff(socket, null, '');
   }
 
   verifyAndHandOff(socket: tls.TLSSocket): void {
     const snap = this.plan.snapshot;
-    const tagged = socket as tls.TLSSocket & PortcullisSocket;
+    let peer: PeerIdentity;
     try {
-      const peer = verifyPeer(socket.getPeerX509Certificate(), presentedChain(socket), snap.bundles);
-      tagged[kPeer] = peer;
-      tagged[kXfcc] = xfccElement(snap.xfccBy, peer.certHash, peer.spiffeId.id);
+      peer = verifyPeer(socket.getPeerX509Certificate(), presentedChain(socket), snap.bundles);
     } catch (err) {
       const reason = err instanceof PeerError ? err.reason : 'error';
       count(this.stats.peersRejected, reason);
@@ -368,11 +365,11 @@ export class InboundListener {
       return;
     }
     this.stats.peersVerified++;
-    this.handOff(socket);
+    this.handOff(socket, peer, xfccElement(snap.xfccBy, peer.certHash, peer.spiffeId.id));
   }
 
   /** The connection has proved what it must (or the mode asks nothing): it leaves the pending budget for HTTP. */
-  private handOff(socket: Duplex): void {
+  private handOff(socket: Duplex, peer: PeerIdentity | null, xfcc: string): void {
     const raw = (socket as tls.TLSSocket & { _parent?: Socket })._parent ?? (socket as Socket);
     if (this.pending.has(raw)) {
       this.pending.settle(raw);
@@ -384,6 +381,7 @@ export class InboundListener {
     }
     this.stats.active++;
     (raw as Socket & Tagged)[kHandedOff] = true;
+    attachConnection(socket as Socket, peer, xfcc);
     if (this.h2 !== null && (socket as tls.TLSSocket).alpnProtocol === 'h2')
       this.h2.emit('connection', socket);
     else this.httpConnection.call(this.http, socket);
@@ -422,7 +420,7 @@ export class InboundListener {
 
   /** Answers a request that never reaches the stages with a fixed reply, and records it as a deny. */
   refuseRequest(code: string, socket: Duplex): void {
-    const s = socket as Socket & PortcullisSocket & { _httpMessage?: http.ServerResponse | null };
+    const s = socket as Socket & { _httpMessage?: http.ServerResponse | null };
     if (code === 'ECONNRESET' || code === 'EPIPE' || !s.writable) {
       // The client went away: nothing to answer and nothing that was a request.
       s.destroy();
@@ -436,12 +434,11 @@ export class InboundListener {
           : code === 'CONNECT'
             ? REPLIES.methodNotAllowed
             : REPLIES.parserBadRequest;
-    const peer = s[kPeer] ?? null;
     this.plan.observer.clientError(
       this.name,
       reply.status,
       reply.reason,
-      peer === null ? '' : peer.spiffeId.principal,
+      connectionOf(s)?.peerPrincipal ?? '',
       s.remoteAddress ?? '',
       s.remotePort ?? 0,
       (s as Partial<tls.TLSSocket>).encrypted === true,
@@ -595,16 +592,15 @@ function onUpgrade(
   res.shouldKeepAlive = false;
   res.assignSocket(socket as Socket);
   res.once('finish', onUpgradeReplyFinish);
-  const ctx = new RequestContext(listener.plan, req, res);
-  ctx.upgradeHead = head;
-  (res as http.ServerResponse & { [kContext]?: RequestContext })[kContext] = ctx;
+  const rs = new RequestStream(listener.plan, req, res);
+  rs.upgradeHead = head;
+  (res as http.ServerResponse & { [kStream]?: RequestStream })[kStream] = rs;
   res.once('close', onResponseClose);
-  prepareRequest(ctx, listener.plan.snapshot.config.trustedProxies);
   if (!isWebSocketUpgrade(req)) {
-    reply(ctx, REPLIES.upgradeRefused);
+    rs.answer(REPLIES.upgradeRefused);
     return;
   }
-  runStages(ctx, 0);
+  rs.run(0);
 }
 
 /** RFC 6455 §4.2.1: a GET with Upgrade: websocket (any case, possibly among other tokens). */
@@ -626,19 +622,17 @@ function startRequest(
 ): void {
   listener.stats.requests++;
   if (listener.closing) res.shouldKeepAlive = false;
-  const ctx = new RequestContext(listener.plan, req, res);
-  ctx.expectContinue = expectContinue;
-  (res as http.ServerResponse & { [kContext]?: RequestContext })[kContext] = ctx;
+  const rs = new RequestStream(listener.plan, req, res);
+  rs.expectContinue = expectContinue;
+  (res as http.ServerResponse & { [kStream]?: RequestStream })[kStream] = rs;
   res.once('close', onResponseClose);
-  prepareRequest(ctx, listener.plan.snapshot.config.trustedProxies);
-  runStages(ctx, 0);
+  rs.run(0);
 }
 
 /** The response is done (sent, or the client went away): count it and record it. */
-function onResponseClose(this: http.ServerResponse & { [kContext]?: RequestContext }): void {
-  const ctx = this[kContext] as RequestContext;
-  ctx.closed = true;
+function onResponseClose(this: http.ServerResponse & { [kStream]?: RequestStream }): void {
+  const rs = this[kStream] as RequestStream;
+  rs.closed = true;
   abortUpstream(this);
-  const plan = ctx.plan;
-  plan.observer.finished(ctx);
+  rs.plan.observer.finished(rs);
 }

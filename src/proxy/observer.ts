@@ -1,7 +1,7 @@
 import diagnostics_channel from 'node:diagnostics_channel';
 import type { Metrics } from '../admin/metrics.js';
 import type { AuditLog } from '../audit/log.js';
-import type { RequestContext } from './context.js';
+import type { RequestStream } from './stream.js';
 
 /**
  * What the proxy tells the world, as undici and fastify do: named diagnostics channels, published
@@ -9,7 +9,8 @@ import type { RequestContext } from './context.js';
  * (an OpenTelemetry exporter could be one too); the request path never calls them.
  *
  * - `portcullis:request:finished` — a response is done (sent, or the client went away). The message
- *   is the request's context: its attributes, decision (`deny`, `decisionReason`), reply, timings.
+ *   is the request's stream: its attributes and decision (plain data: `attrs`, `decision`), the
+ *   outcome (`deny`, `decisionReason`, `reply`, `status`) and timings.
  * - `portcullis:request:refused` — a request the HTTP parser refused before it became one.
  * - `portcullis:peer:refused` — a connection refused at TLS, by the SPIFFE checks or the handshake deadline.
  * - `portcullis:tunnel:closed` — a WebSocket tunnel closed.
@@ -54,11 +55,11 @@ export interface TunnelClosed {
 
 /** The publishing side: one per proxy; the stages and listeners call it, it publishes. */
 export class RequestObserver {
-  finished(ctx: RequestContext): void {
-    const reply = ctx.reply;
-    ctx.deny = reply?.deny === true;
-    ctx.decisionReason = reasonOf(ctx, ctx.plan.authorized);
-    if (channels.requestFinished.hasSubscribers) channels.requestFinished.publish(ctx);
+  finished(rs: RequestStream): void {
+    const reply = rs.reply;
+    rs.deny = reply?.deny === true;
+    rs.decisionReason = reasonOf(rs, rs.plan.authorized);
+    if (channels.requestFinished.hasSubscribers) channels.requestFinished.publish(rs);
   }
 
   /** A request the HTTP parser refused (see listener.ts): always a deny. */
@@ -96,13 +97,14 @@ export class RequestObserver {
 }
 
 /** The reason recorded: why it was refused (the reply table's reason), or on what grounds it was let through. */
-function reasonOf(ctx: RequestContext, authorized: boolean): string {
-  const reply = ctx.reply;
+function reasonOf(rs: RequestStream, authorized: boolean): string {
+  const reply = rs.reply;
+  const reason = rs.decision.reason;
   if (reply !== null && reply.reason === 'rbac-denied')
-    return ctx.reason === 'denied-by-policy' ? 'policy' : 'no-matching-allow';
+    return reason === 'denied-by-policy' ? 'policy' : 'no-matching-allow';
   if (reply !== null) return reply.reason;
   if (!authorized) return 'no-policies';
-  return ctx.reason === 'allowed-by-policy' ? 'policy' : ctx.reason;
+  return reason === 'allowed-by-policy' ? 'policy' : reason;
 }
 
 /**
@@ -123,7 +125,7 @@ export class ObservabilitySubscriber {
     this.metrics = metrics;
     this.audit = audit;
     // Bound once per proxy (not per request), so that unsubscribe finds the same functions.
-    this.onFinished = (m) => this.finished(m as RequestContext);
+    this.onFinished = (m) => this.finished(m as RequestStream);
     this.onRefused = (m) => this.refused(m as RequestRefused);
     this.onPeer = (m) => this.peer(m as PeerRefused);
     this.onTunnel = (m) => this.tunnel(m as TunnelClosed);
@@ -133,21 +135,22 @@ export class ObservabilitySubscriber {
     channels.tunnelClosed.subscribe(this.onTunnel);
   }
 
-  private finished(ctx: RequestContext): void {
-    if (ctx.plan.observer !== this.source) return;
-    const listener = ctx.plan.listenerName;
-    const authorized = ctx.plan.authorized;
+  private finished(rs: RequestStream): void {
+    const plan = rs.plan;
+    if (plan.observer !== this.source) return;
+    const listener = plan.listenerName;
+    const authorized = plan.authorized;
     const upstream =
-      ctx.upstreamStart === 0 ? -1 : ((ctx.upstreamEnd || performance.now()) - ctx.upstreamStart) / 1000;
+      rs.upstreamStart === 0 ? -1 : ((rs.upstreamEnd || performance.now()) - rs.upstreamStart) / 1000;
     this.metrics.request(
       listener,
-      ctx.deny ? 'deny' : 'allow',
-      ctx.decisionReason,
-      ctx.res.statusCode,
-      authorized ? ctx.authzMs * 1000 : 0,
+      rs.deny ? 'deny' : 'allow',
+      rs.decisionReason,
+      rs.status,
+      authorized ? rs.authzMs * 1000 : 0,
       upstream,
     );
-    this.audit?.recordRequest(ctx, listener, authorized, ctx.deny, ctx.decisionReason, ctx.plan.tokenParams);
+    this.audit?.recordRequest(rs, listener, authorized, rs.deny, rs.decisionReason, plan.tokenParams);
   }
 
   private refused(m: RequestRefused): void {

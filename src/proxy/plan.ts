@@ -1,4 +1,5 @@
 import type { EffectiveMode } from '../authn/peer-authn.js';
+import type { AttributeSettings } from '../authz/attributes.js';
 import type { RequestContext } from './context.js';
 import type { PinnedHeaders } from './headers.js';
 import type { LocalReply } from './local-reply.js';
@@ -10,8 +11,9 @@ import type { Upstream } from './upstream.js';
 export type StageResult = LocalReply | null;
 
 /**
- * One step of the request path (Envoy's HTTP filter): reads what earlier stages wrote on the
- * context, writes its own part, and returns continue or a local reply. A stage the config does not
+ * One step of the request path (Envoy's HTTP filter): reads the attributes and what earlier stages
+ * wrote on the context, writes its own part, and returns continue or a local reply. Stages never
+ * touch the request, the response or a socket (the stream does). A stage the config does not
  * need is left out of the plan rather than run as a no-op.
  */
 export interface Stage {
@@ -27,8 +29,8 @@ export class ListenerPlan {
   readonly modeSource: string;
   readonly stages: readonly Stage[];
   readonly upstream: Upstream;
-  /** The port Istio policies call this workload's (destination.port). */
-  readonly workloadPort: number;
+  /** How heads become attributes here: workload port (destination.port), path normalization, trusted hops. */
+  readonly settings: AttributeSettings;
   readonly listenerName: string;
   /** Whether an authorization stage is in the plan (some AuthorizationPolicy applies). */
   readonly authorized: boolean;
@@ -46,7 +48,7 @@ export class ListenerPlan {
     this.modeSource = init.modeSource;
     this.stages = init.stages;
     this.upstream = init.upstream;
-    this.workloadPort = init.workloadPort;
+    this.settings = init.settings;
     this.listenerName = init.listenerName;
     this.authorized = init.authorized;
     this.observer = init.observer;

@@ -165,7 +165,7 @@ export class Portcullis implements AdminStatus {
             { serverTiming: this.config.serverTiming, providers: this.extAuthz },
             this.log,
           );
-    const requestLine = new RequestLineStage(this.config.pathNormalization, {
+    const requestLine = new RequestLineStage({
       rejectUnderscoreHeaders: this.config.headersWithUnderscores === 'reject',
       rejectOverrideHeaders: this.config.rejectOverrideHeaders,
     });
@@ -209,7 +209,11 @@ export class Portcullis implements AdminStatus {
       modeSource: decision.source,
       stages,
       upstream,
-      workloadPort: lc.workloadPort,
+      settings: {
+        workloadPort: lc.workloadPort,
+        normalization: this.config.pathNormalization,
+        trustedProxies: this.config.trustedProxies,
+      },
       listenerName: lc.name,
       authorized: authz !== null || rego !== undefined,
       observer: this.observer,

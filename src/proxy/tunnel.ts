@@ -1,9 +1,9 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { Socket } from 'node:net';
-import type { RequestContext } from './context.js';
 import { upstreamResponseHeaders } from './headers.js';
 import { sendLocalReply } from './local-reply.js';
+import type { RequestStream } from './stream.js';
 import { forwardingHeaders, replyForUpstreamError } from './upstream.js';
 
 /**
@@ -25,20 +25,20 @@ interface Tagged {
 }
 
 class Tunnel {
-  readonly ctx: RequestContext;
+  readonly rs: RequestStream;
   readonly client: Socket;
   upstream: Socket | null = null;
   openedAt = 0;
   closed = false;
 
-  constructor(ctx: RequestContext, client: Socket) {
-    this.ctx = ctx;
+  constructor(rs: RequestStream, client: Socket) {
+    this.rs = rs;
     this.client = client;
   }
 
   /** The upstream switched protocols: answer the client with its 101 and join the sockets. */
   joined(upRes: http.IncomingMessage, upSocket: Socket, upHead: Buffer): void {
-    const ctx = this.ctx;
+    const rs = this.rs;
     const client = this.client;
     if (client.destroyed) {
       upSocket.destroy();
@@ -46,8 +46,8 @@ class Tunnel {
     }
     this.upstream = upSocket;
     this.openedAt = performance.now();
-    ctx.upstreamStatus = 101;
-    ctx.upstreamEnd = this.openedAt;
+    rs.upstreamStatus = 101;
+    rs.upstreamEnd = this.openedAt;
     // The 101 carries Upgrade and Connection (and Sec-WebSocket-Accept, -Protocol, -Extensions)
     // exactly as the upstream sent them: here they are the handshake, not hop-by-hop noise.
     let head = 'HTTP/1.1 101 Switching Protocols\r\n';
@@ -55,16 +55,16 @@ class Tunnel {
     for (let i = 0; i + 1 < raw.length; i += 2) head += `${raw[i]}: ${raw[i + 1]}\r\n`;
     client.write(`${head}\r\n`, 'latin1');
     if (upHead.length > 0) client.write(upHead);
-    const early = ctx.upgradeHead;
+    const early = rs.upgradeHead;
     if (early !== null && early.length > 0) upSocket.write(early);
     // The decision is on record now, not when the tunnel ends hours later.
-    const res = ctx.res;
+    const res = rs.res;
     res.statusCode = 101;
     res.detachSocket(client);
-    ctx.plan.observer.finished(ctx);
+    rs.plan.observer.finished(rs);
     (client as Socket & Tagged)[kTunnel] = this;
     (upSocket as Socket & Tagged)[kTunnel] = this;
-    const idle = ctx.plan.upstream.limits.tunnelIdleTimeout;
+    const idle = rs.plan.upstream.limits.tunnelIdleTimeout;
     client.setTimeout(idle, onIdle);
     upSocket.setTimeout(idle, onIdle);
     client.on('close', onSideClose);
@@ -82,10 +82,10 @@ class Tunnel {
     this.closed = true;
     this.client.destroy();
     this.upstream?.destroy();
-    const ctx = this.ctx;
-    ctx.plan.observer.tunnelClosed(
-      ctx.plan.listenerName,
-      ctx.requestId,
+    const rs = this.rs;
+    rs.plan.observer.tunnelClosed(
+      rs.plan.listenerName,
+      rs.attrs.requestId,
       performance.now() - this.openedAt,
       this.client.bytesRead,
       this.client.bytesWritten,
@@ -106,21 +106,21 @@ function onSideError(this: Socket & Tagged): void {
 }
 
 /** The allowed upgrade request goes to the upstream; what it answers decides the rest. */
-export function openTunnel(ctx: RequestContext): void {
-  const plan = ctx.plan;
+export function openTunnel(rs: RequestStream): void {
+  const plan = rs.plan;
   const origin = new URL(plan.upstream.origin);
-  const headers = forwardingHeaders(ctx);
+  const headers = forwardingHeaders(rs);
   // Upgrade and Connection are hop-by-hop, so the forwarding headers dropped them: the upgrade to
   // ask the upstream for is WebSocket, and nothing else (other upgrades were refused).
   headers.push('Connection', 'Upgrade', 'Upgrade', 'websocket');
-  const client = ctx.res.socket as Socket;
-  const tunnel = new Tunnel(ctx, client);
-  ctx.upstreamStart = performance.now();
+  const client = rs.res.socket as Socket;
+  const tunnel = new Tunnel(rs, client);
+  rs.upstreamStart = performance.now();
   const options: https.RequestOptions = {
     host: origin.hostname,
     port: origin.port === '' ? undefined : Number(origin.port),
-    method: ctx.method,
-    path: ctx.forwardTarget,
+    method: rs.attrs.method,
+    path: rs.ctx.forwardTarget,
     headers: headers as unknown as http.OutgoingHttpHeaders, // a raw [name, value, …] list, which Node takes as is
     setHost: false,
     agent: false,
@@ -146,18 +146,18 @@ function onUpstreamUpgrade(
 
 /** The upstream refused to switch (a 4xx, a redirect): its answer goes to the client as it is. */
 function onUpstreamResponse(this: http.ClientRequest & Tagged, upRes: http.IncomingMessage): void {
-  const ctx = (this[kTunnel] as Tunnel).ctx;
-  ctx.upstreamStatus = upRes.statusCode ?? 502;
+  const rs = (this[kTunnel] as Tunnel).rs;
+  rs.upstreamStatus = upRes.statusCode ?? 502;
   const raw = upRes.rawHeaders.map((h) => Buffer.from(h, 'latin1'));
-  ctx.res.writeHead(ctx.upstreamStatus, upstreamResponseHeaders(raw));
+  rs.res.writeHead(rs.upstreamStatus, upstreamResponseHeaders(raw));
   (upRes as http.IncomingMessage & Tagged)[kTunnel] = this[kTunnel];
   upRes.once('end', onRelayEnd);
-  upRes.pipe(ctx.res);
+  upRes.pipe(rs.res);
 }
 
 function onRelayEnd(this: http.IncomingMessage & Tagged): void {
   const tunnel = this[kTunnel];
-  if (tunnel !== undefined) tunnel.ctx.upstreamEnd = performance.now();
+  if (tunnel !== undefined) tunnel.rs.upstreamEnd = performance.now();
 }
 
 function onUpstreamTimeout(this: http.ClientRequest): void {
@@ -167,13 +167,13 @@ function onUpstreamTimeout(this: http.ClientRequest): void {
 function onUpstreamError(this: http.ClientRequest & Tagged, err: Error & { code?: string }): void {
   const tunnel = this[kTunnel] as Tunnel;
   if (tunnel.upstream !== null) return; // after the join, socket errors close the tunnel
-  const ctx = tunnel.ctx;
-  ctx.upstreamEnd = performance.now();
-  if (ctx.res.headersSent || tunnel.client.destroyed) {
+  const rs = tunnel.rs;
+  rs.upstreamEnd = performance.now();
+  if (rs.res.headersSent || tunnel.client.destroyed) {
     tunnel.client.destroy();
     return;
   }
   const reply = replyForUpstreamError(err);
-  ctx.reply = reply;
-  sendLocalReply(ctx.res, reply);
+  rs.reply = reply;
+  sendLocalReply(rs.res, reply);
 }

@@ -1,8 +1,8 @@
 import http2 from 'node:http2';
 import type { Logger } from 'pino';
 import type { Limits } from '../config/load.js';
-import type { RequestContext } from './context.js';
 import { declaresBody, sendLocalReply } from './local-reply.js';
+import type { RequestStream } from './stream.js';
 import { replyForUpstreamError } from './upstream.js';
 
 /**
@@ -58,18 +58,18 @@ export class H2Upstream {
     return session;
   }
 
-  forward(ctx: RequestContext, headers: readonly string[]): void {
+  forward(rs: RequestStream, headers: readonly string[]): void {
     if (this.closed) {
       sendLocalReply(
-        ctx.res,
+        rs.res,
         replyForUpstreamError(Object.assign(new Error('closed'), { code: 'UND_ERR_CLOSED' })),
       );
       return;
     }
     const out: http2.OutgoingHttpHeaders = {
-      ':method': ctx.method,
-      ':path': ctx.forwardTarget,
-      ':authority': ctx.host,
+      ':method': rs.attrs.method,
+      ':path': rs.ctx.forwardTarget,
+      ':authority': rs.attrs.host,
       ':scheme': this.origin.startsWith('https:') ? 'https' : 'http',
     };
     for (let i = 0; i + 1 < headers.length; i += 2) {
@@ -81,27 +81,27 @@ export class H2Upstream {
       const prev = out[name];
       out[name] = prev === undefined ? value : Array.isArray(prev) ? [...prev, value] : [String(prev), value];
     }
-    const te = ctx.headers.te;
+    const te = rs.attrs.headers.te;
     if (te === 'trailers') out.te = 'trailers';
-    const hasBody = declaresBody(ctx.req);
+    const hasBody = declaresBody(rs.req);
     let stream: http2.ClientHttp2Stream;
     try {
       stream = this.current().request(out, { endStream: !hasBody });
     } catch (err) {
-      ctx.reply = replyForUpstreamError(err as Error);
-      sendLocalReply(ctx.res, ctx.reply);
+      rs.reply = replyForUpstreamError(err as Error);
+      sendLocalReply(rs.res, rs.reply);
       return;
     }
-    const exchange = new H2Exchange(ctx, stream);
+    const exchange = new H2Exchange(rs, stream);
     (stream as http2.ClientHttp2Stream & Tagged)[kExchange] = exchange;
-    (ctx.res as unknown as Tagged)[kExchange] = exchange;
+    (rs.res as unknown as Tagged)[kExchange] = exchange;
     stream.setTimeout(this.limits.upstreamHeadersTimeout, onStreamTimeout);
     stream.on('response', onStreamResponse);
     stream.on('trailers', onStreamTrailers);
     stream.on('error', onStreamError);
     stream.on('end', onStreamEnd);
-    stream.pipe(ctx.res as unknown as NodeJS.WritableStream, { end: false });
-    if (hasBody) ctx.req.pipe(stream);
+    stream.pipe(rs.res as unknown as NodeJS.WritableStream, { end: false });
+    if (hasBody) rs.req.pipe(stream);
   }
 
   close(): Promise<void> {
@@ -114,31 +114,31 @@ export class H2Upstream {
 
 /** One forwarded request on the HTTP/2 session. */
 class H2Exchange {
-  readonly ctx: RequestContext;
+  readonly rs: RequestStream;
   readonly stream: http2.ClientHttp2Stream;
   done = false;
 
-  constructor(ctx: RequestContext, stream: http2.ClientHttp2Stream) {
-    this.ctx = ctx;
+  constructor(rs: RequestStream, stream: http2.ClientHttp2Stream) {
+    this.rs = rs;
     this.stream = stream;
-    ctx.upstreamStart = performance.now();
+    rs.upstreamStart = performance.now();
   }
 }
 
 function onStreamResponse(this: http2.ClientHttp2Stream & Tagged, headers: http2.IncomingHttpHeaders): void {
   const ex = this[kExchange] as H2Exchange;
-  const ctx = ex.ctx;
-  this.setTimeout(ctx.plan.upstream.limits.upstreamBodyTimeout, onStreamTimeout);
+  const rs = ex.rs;
+  this.setTimeout(rs.plan.upstream.limits.upstreamBodyTimeout, onStreamTimeout);
   const status = Number(headers[':status'] ?? 502);
-  ctx.upstreamStatus = status;
-  if ((this.endAfterHeaders || headers['grpc-status'] !== undefined) && ctx.req.httpVersionMajor === 2) {
+  rs.upstreamStatus = status;
+  if ((this.endAfterHeaders || headers['grpc-status'] !== undefined) && rs.req.httpVersionMajor === 2) {
     // A trailers-only response (gRPC errors come so: grpc-status in the one HEADERS frame, which
     // ends the stream) must reach the client in the same form, or a gRPC client waits for trailers
     // that never come. 'response' fires before the stream's end is known, hence grpc-status.
     const out: http2.OutgoingHttpHeaders = { ':status': status };
     for (const [name, value] of Object.entries(headers))
       if (name.charCodeAt(0) !== 58 /* : */ && value !== undefined) out[name] = value;
-    const down = (ctx.res as unknown as { stream: http2.ServerHttp2Stream }).stream;
+    const down = (rs.res as unknown as { stream: http2.ServerHttp2Stream }).stream;
     if (!down.headersSent && !down.destroyed) down.respond(out, { endStream: true });
     return;
   }
@@ -148,28 +148,28 @@ function onStreamResponse(this: http2.ClientHttp2Stream & Tagged, headers: http2
     if (Array.isArray(value)) for (const v of value) flat.push(name, v);
     else flat.push(name, String(value));
   }
-  ctx.res.writeHead(status, flat);
+  rs.res.writeHead(status, flat);
 }
 
 /** Trailers (gRPC's grpc-status and grpc-message) go on to clients that can take them. */
 function onStreamTrailers(this: http2.ClientHttp2Stream & Tagged, trailers: http2.IncomingHttpHeaders): void {
-  const ctx = (this[kExchange] as H2Exchange).ctx;
-  if (ctx.req.httpVersionMajor !== 2) return;
+  const rs = (this[kExchange] as H2Exchange).rs;
+  if (rs.req.httpVersionMajor !== 2) return;
   const t: Record<string, string> = {};
   for (const [name, value] of Object.entries(trailers)) if (value !== undefined) t[name] = String(value);
-  ctx.res.addTrailers(t);
+  rs.res.addTrailers(t);
 }
 
 function onStreamEnd(this: http2.ClientHttp2Stream & Tagged): void {
   const ex = this[kExchange] as H2Exchange;
   ex.done = true;
-  ex.ctx.upstreamEnd = performance.now();
+  ex.rs.upstreamEnd = performance.now();
   // Trailers arrive before 'end'; the response ends after them.
   setImmediate(endResponse, ex);
 }
 
 function endResponse(ex: H2Exchange): void {
-  const res = ex.ctx.res;
+  const res = ex.rs.res;
   // A trailers-only response was sent on the stream itself; otherwise end the compat response.
   const down = (res as unknown as { stream?: http2.ServerHttp2Stream }).stream;
   if (down?.headersSent === true && !res.headersSent) return;
@@ -183,13 +183,13 @@ function onStreamTimeout(this: http2.ClientHttp2Stream): void {
 function onStreamError(this: http2.ClientHttp2Stream & Tagged, err: Error & { code?: string }): void {
   const ex = this[kExchange] as H2Exchange;
   ex.done = true;
-  const ctx = ex.ctx;
-  ctx.upstreamEnd = performance.now();
-  if (ctx.closed) return;
+  const rs = ex.rs;
+  rs.upstreamEnd = performance.now();
+  if (rs.closed) return;
   // A stream cancelled because its session failed carries the session's error (ECONNREFUSED, …) as cause.
   const cause = (err as Error & { cause?: Error & { code?: string } }).cause;
-  ctx.reply = replyForUpstreamError(cause?.code !== undefined ? cause : err);
-  sendLocalReply(ctx.res, ctx.reply);
+  rs.reply = replyForUpstreamError(cause?.code !== undefined ? cause : err);
+  sendLocalReply(rs.res, rs.reply);
 }
 
 /** The client's response closed: cancel the upstream stream if it is still going. */

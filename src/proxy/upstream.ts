@@ -3,24 +3,24 @@ import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import { Pool } from 'undici';
 import type { Limits } from '../config/load.js';
-import type { RequestContext } from './context.js';
 import { upstreamRequestHeaders, upstreamResponseHeaders } from './headers.js';
 import { declaresBody, type LocalReply, REPLIES, sendLocalReply } from './local-reply.js';
 import { LogLimiter } from './log-limit.js';
+import type { RequestStream } from './stream.js';
 import { abortH2Upstream, H2Upstream } from './upstream-h2.js';
 
 /** Methods whose requests carry no body unless they say so with Content-Length or Transfer-Encoding. */
-function hasBody(ctx: RequestContext): boolean {
-  return declaresBody(ctx.req);
+function hasBody(rs: RequestStream): boolean {
+  return declaresBody(rs.req);
 }
 
 /** The header list a request is forwarded with, under its plan's pinned-header and underscore rules. */
-export function forwardingHeaders(ctx: RequestContext): string[] {
-  const plan = ctx.plan;
+export function forwardingHeaders(rs: RequestStream): string[] {
+  const plan = rs.plan;
   return upstreamRequestHeaders(
-    ctx.req.rawHeaders,
-    ctx.headers.connection,
-    ctx,
+    rs.req.rawHeaders,
+    rs.attrs.headers.connection,
+    rs,
     plan.pinned,
     plan.dropUnderscoreHeaders,
   );
@@ -30,7 +30,7 @@ export function forwardingHeaders(ctx: RequestContext): string[] {
  * An HTTP/2 request forwarded as HTTP/1.1 (RFC 9113 §8.2.3, §8.3.1): the authority becomes Host
  * (the one authorized), and cookie fields, which HTTP/2 may split, are joined into one.
  */
-function fromHttp2(headers: string[], ctx: RequestContext): void {
+function fromHttp2(headers: string[], rs: RequestStream): void {
   let hasHost = false;
   let w = 0;
   for (let i = 0; i + 1 < headers.length; i += 2) {
@@ -41,9 +41,9 @@ function fromHttp2(headers: string[], ctx: RequestContext): void {
     headers[w++] = headers[i + 1] as string;
   }
   headers.length = w;
-  const authority = ctx.headers[':authority'];
+  const authority = rs.attrs.headers[':authority'];
   if (!hasHost && typeof authority === 'string') headers.push('host', authority);
-  const cookie = ctx.headers.cookie;
+  const cookie = rs.attrs.headers.cookie;
   if (cookie !== undefined) headers.push('cookie', cookie);
 }
 
@@ -99,28 +99,28 @@ export class Upstream {
     });
   }
 
-  forward(ctx: RequestContext): void {
+  forward(rs: RequestStream): void {
     // The client went away while the stages ran (an async token check, an external authorizer).
-    if (ctx.closed) return;
-    const headers = forwardingHeaders(ctx);
+    if (rs.closed) return;
+    const headers = forwardingHeaders(rs);
     // The client waits for this before it sends the body: only now, once the request is allowed.
-    if (ctx.expectContinue) ctx.res.writeContinue();
+    if (rs.expectContinue) rs.res.writeContinue();
     if (this.h2 !== null) {
-      this.h2.forward(ctx, headers);
+      this.h2.forward(rs, headers);
       return;
     }
-    if (ctx.req.httpVersionMajor === 2) fromHttp2(headers, ctx);
-    ctx.upstreamStart = performance.now();
+    if (rs.req.httpVersionMajor === 2) fromHttp2(headers, rs);
+    rs.upstreamStart = performance.now();
     // undici's dispatch with a handler object: the response goes straight from the upstream's
     // parser into the client's response, without the stream wrappers of request()/stream().
     this.pool.dispatch(
       {
-        path: ctx.forwardTarget,
-        method: ctx.method as Dispatcher.HttpMethod,
+        path: rs.ctx.forwardTarget,
+        method: rs.attrs.method as Dispatcher.HttpMethod,
         headers,
-        body: hasBody(ctx) ? ctx.req : null,
+        body: hasBody(rs) ? rs.req : null,
       },
-      new Exchange(ctx),
+      new Exchange(rs),
     );
   }
 
@@ -142,16 +142,16 @@ const kExchange = Symbol('portcullis.exchange');
  * and the upstream connection pauses until the response drains.
  */
 class Exchange {
-  private readonly ctx: RequestContext;
+  private readonly rs: RequestStream;
   private abortFn: ((err?: Error) => void) | null = null;
   private resumeFn: (() => void) | null = null;
   done = false;
   /** The client's response closed (the client went away, or its HTTP/2 stream was reset). */
   gone = false;
 
-  constructor(ctx: RequestContext) {
-    this.ctx = ctx;
-    (ctx.res as ServerResponse & { [kExchange]?: Exchange })[kExchange] = this;
+  constructor(rs: RequestStream) {
+    this.rs = rs;
+    (rs.res as ServerResponse & { [kExchange]?: Exchange })[kExchange] = this;
   }
 
   onConnect(abort: (err?: Error) => void): void {
@@ -159,20 +159,20 @@ class Exchange {
     // The client may have gone before undici had a connection for this request (an HTTP/2 stream
     // reset at once, as in a rapid-reset flood): then it must not go on, holding an upstream
     // connection while it waits for a body that will never come.
-    if (this.gone || this.ctx.closed || this.ctx.res.destroyed) abort(new Error('the client went away'));
+    if (this.gone || this.rs.closed || this.rs.res.destroyed) abort(new Error('the client went away'));
   }
 
   onHeaders(statusCode: number, raw: Buffer[], resume: () => void): boolean {
     if (statusCode < 200) return true; // 1xx: informational, the final response follows
-    const ctx = this.ctx;
+    const rs = this.rs;
     this.resumeFn = resume;
-    ctx.upstreamStatus = statusCode;
-    ctx.res.writeHead(statusCode, upstreamResponseHeaders(raw));
+    rs.upstreamStatus = statusCode;
+    rs.res.writeHead(statusCode, upstreamResponseHeaders(raw));
     return true;
   }
 
   onData(chunk: Buffer): boolean {
-    const res = this.ctx.res;
+    const res = this.rs.res;
     if (res.write(chunk)) return true;
     res.once('drain', onDrain);
     return false;
@@ -180,18 +180,18 @@ class Exchange {
 
   onComplete(): void {
     this.done = true;
-    this.ctx.upstreamEnd = performance.now();
-    this.ctx.res.end();
+    this.rs.upstreamEnd = performance.now();
+    this.rs.res.end();
   }
 
   onError(err: Error): void {
     this.done = true;
-    const ctx = this.ctx;
-    ctx.upstreamEnd = performance.now();
-    if (ctx.res.destroyed || ctx.req.destroyed) return; // the client went away; nothing to tell it
+    const rs = this.rs;
+    rs.upstreamEnd = performance.now();
+    if (rs.res.destroyed || rs.req.destroyed) return; // the client went away; nothing to tell it
     const e = err as Error & { code?: string };
     const reply = replyForUpstreamError(e);
-    const upstream = ctx.plan.upstream;
+    const upstream = rs.plan.upstream;
     const held = upstream.logLimit.allow(e.code ?? 'error');
     if (held >= 0)
       upstream.logger.warn(
@@ -199,8 +199,8 @@ class Exchange {
         { code: e.code, message: err.message, upstream: upstream.origin, held },
         'upstream request failed (held: like lines not logged in the last 10 s)',
       );
-    ctx.reply = reply;
-    sendLocalReply(ctx.res, reply);
+    rs.reply = reply;
+    sendLocalReply(rs.res, reply);
   }
 
   /** The client's response closed: stop the upstream request if it is still going. */

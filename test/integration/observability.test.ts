@@ -1,6 +1,7 @@
 import diagnostics_channel from 'node:diagnostics_channel';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { RequestContext } from '../../src/proxy/context.js';
+import { checkAttributes } from '../../src/cli/check.js';
+import type { RequestStream } from '../../src/proxy/stream.js';
 import { request } from '../helpers/client.js';
 import { type Harness, startHarness } from '../helpers/harness.js';
 
@@ -23,8 +24,8 @@ describe('events on diagnostics channels', () => {
   it('a subscriber sees each finished request with its decision and reason', async () => {
     const seen: { path: string; deny: boolean; reason: string; status: number }[] = [];
     const onFinished = (m: unknown): void => {
-      const ctx = m as RequestContext;
-      seen.push({ path: ctx.path, deny: ctx.deny, reason: ctx.decisionReason, status: ctx.res.statusCode });
+      const rs = m as RequestStream;
+      seen.push({ path: rs.attrs.path, deny: rs.deny, reason: rs.decisionReason, status: rs.status });
     };
     diagnostics_channel.subscribe('portcullis:request:finished', onFinished);
     try {
@@ -35,6 +36,51 @@ describe('events on diagnostics channels', () => {
     }
     expect(seen).toContainEqual({ path: '/seen', deny: false, reason: 'no-policies', status: 200 });
     expect(seen.some((s) => s.deny && s.reason === 'bad-request' && s.status === 400)).toBe(true);
+  });
+
+  it('`portcullis check` describes a request with the attributes the proxy gave the real one', async () => {
+    const seen: RequestStream[] = [];
+    const onFinished = (m: unknown): void => {
+      seen.push(m as RequestStream);
+    };
+    diagnostics_channel.subscribe('portcullis:request:finished', onFinished);
+    try {
+      const res = await request(`${a.url}/x/./y/%7Eme?q=1`, {
+        ...a.client,
+        method: 'DELETE',
+        headers: { 'x-team': 'blue', 'x-request-id': 'same-id' },
+      });
+      expect(res.status).toBe(200);
+    } finally {
+      diagnostics_channel.unsubscribe('portcullis:request:finished', onFinished);
+    }
+    const real = seen.find((rs) => rs.attrs.requestId === 'same-id')?.attrs;
+    expect(real).toBeDefined();
+    if (real === undefined) return;
+    const described = checkAttributes(a.proxy.config, {
+      principal: real.peerId,
+      method: 'delete',
+      path: '/x/./y/%7Eme?q=1',
+      host: `localhost:${a.port}`,
+      headers: ['x-team=blue', 'x-request-id=same-id'],
+      explain: false,
+    });
+    const fields = [
+      'method',
+      'host',
+      'path',
+      'query',
+      'sourceAddress',
+      'remoteAddress',
+      'destinationAddress',
+      'destinationPort',
+      'peerPrincipal',
+      'peerNamespace',
+      'requestPrincipal',
+      'requestId',
+    ] as const;
+    for (const f of fields) expect({ f, v: described[f] }).toEqual({ f, v: real[f] });
+    expect(described.headers['x-team']).toBe(real.headers['x-team']);
   });
 
   it('each proxy in the process counts only its own requests', async () => {

@@ -6,9 +6,9 @@ import { LocalReply, REPLIES } from '../local-reply.js';
 import type { Stage, StageResult } from '../plan.js';
 
 /**
- * Authorization: the compiled AuthorizationPolicy set decides, reading the request context and
- * writing its outcome back into it (RequestContext implements DecisionOut), so deciding allocates
- * nothing. Present in the plan only when some policy applies to the workload. CUSTOM policies are
+ * Authorization: the compiled AuthorizationPolicy set decides, reading the attributes and
+ * writing its outcome into the context's decision (both plain data made with the request), so
+ * deciding allocates nothing. Present in the plan only when some policy applies to the workload. CUSTOM policies are
  * the next stage's (CustomAuthzStage).
  */
 export class AuthzStage implements Stage {
@@ -23,16 +23,16 @@ export class AuthzStage implements Stage {
 
   run(ctx: RequestContext): StageResult {
     const t0 = performance.now();
-    this.authorizer.decide(ctx, ctx);
+    this.authorizer.decide(ctx.attrs, ctx.decision);
     ctx.authzMs = performance.now() - t0;
     if (this.serverTiming) setTiming(ctx);
-    return ctx.allowed ? null : REPLIES.rbacDenied;
+    return ctx.decision.allowed ? null : REPLIES.rbacDenied;
   }
 }
 
 /** `Server-Timing: authz;dur=<ms>`: the time spent authorizing, apart from the upstream's. */
 export function setTiming(ctx: RequestContext): void {
-  ctx.res.setHeader('server-timing', `authz;dur=${ctx.authzMs.toFixed(3)}`);
+  ctx.addResponseHeader('server-timing', `authz;dur=${ctx.authzMs.toFixed(3)}`);
 }
 
 /**
@@ -60,18 +60,19 @@ export class CustomAuthzStage implements Stage {
   }
 
   run(ctx: RequestContext): StageResult | Promise<StageResult> {
-    const policy = this.authorizer.matchCustom(ctx);
+    const policy = this.authorizer.matchCustom(ctx.attrs);
     return policy === null ? null : this.askProvider(ctx, policy, performance.now());
   }
 
   private async askProvider(ctx: RequestContext, policy: CompiledPolicy, t0: number): Promise<StageResult> {
     // The provider exists: snapshot loading refuses a CUSTOM policy naming an unknown one.
     const client = this.providers.get(policy.spec.provider as string) as ExtAuthzClient;
+    const a = ctx.attrs;
     const r = await client.check({
-      method: ctx.method,
-      host: typeof ctx.headers.host === 'string' ? ctx.headers.host : '',
+      method: a.method,
+      host: a.host,
       target: ctx.forwardTarget,
-      headers: ctx.headers,
+      headers: a.headers,
       xfcc: ctx.xfcc,
     });
     ctx.authzMs += performance.now() - t0;
@@ -89,12 +90,13 @@ export class CustomAuthzStage implements Stage {
     }
     if (r.allowed) {
       for (const [n, v] of r.upstreamHeaders) ctx.addHeader(n, v);
-      for (const [n, v] of r.downstreamHeaders) ctx.res.appendHeader(n, v);
+      for (const [n, v] of r.downstreamHeaders) ctx.addResponseHeader(n, v);
       return null;
     }
-    ctx.allowed = false;
-    ctx.policy = policy;
-    ctx.reason = 'denied-by-policy';
+    const d = ctx.decision;
+    d.allowed = false;
+    d.policy = policy;
+    d.reason = 'denied-by-policy';
     const headers: Record<string, string[]> = {};
     for (const [n, v] of r.downstreamHeaders) (headers[n] ??= []).push(v);
     return LocalReply.refusal(

@@ -62,8 +62,8 @@ export interface JwtStageOptions {
  * - a valid token whose audience is not allowed: 403;
  * - several tokens: every one must pass; the first (in location order) sets the principal;
  * - CORS preflight requests skip the check.
- * On success the context gets requestPrincipal (`iss/sub`), claims, audiences and presenter —
- * the RequestAttributes that authorization reads — and the configured headers are written.
+ * On success the attributes get requestPrincipal (`iss/sub`), claims, audiences and presenter —
+ * what authorization reads — and the configured headers are written.
  */
 export class JwtStage implements Stage {
   readonly name = 'jwt';
@@ -135,11 +135,12 @@ export class JwtStage implements Stage {
 
   run(ctx: RequestContext): StageResult | Promise<StageResult> {
     // Headers this stage writes are the proxy's to set: a client's own copies never pass.
-    for (const h of this.outputHeaders) if (ctx.headers[h] !== undefined) ctx.dropHeader(h);
+    const headers = ctx.attrs.headers;
+    for (const h of this.outputHeaders) if (headers[h] !== undefined) ctx.dropHeader(h);
     if (
-      ctx.method === 'OPTIONS' &&
-      ctx.headers.origin !== undefined &&
-      ctx.headers['access-control-request-method'] !== undefined
+      ctx.attrs.method === 'OPTIONS' &&
+      headers.origin !== undefined &&
+      headers['access-control-request-method'] !== undefined
     ) {
       return null;
     }
@@ -176,10 +177,11 @@ export class JwtStage implements Stage {
 
   private acceptOne(ctx: RequestContext, location: TokenLocation, v: VerifiedToken): StageResult {
     if (!v.audienceAllowed()) return REPLIES.jwtAudience;
-    ctx.requestPrincipal = v.principal;
-    ctx.claims = v.payload;
-    ctx.audiences = v.audiences;
-    ctx.presenter = v.presenter;
+    const a = ctx.attrs;
+    a.requestPrincipal = v.principal;
+    a.claims = v.payload;
+    a.audiences = v.audiences;
+    a.presenter = v.presenter;
     this.writeHeaders(ctx, location, v);
     return null;
   }
@@ -222,17 +224,18 @@ export class JwtStage implements Stage {
   }
 
   private refuse(ctx: RequestContext, why: string): StageResult {
-    this.log.debug({ path: ctx.path, why }, 'JWT refused');
+    this.log.debug({ path: ctx.attrs.path, why }, 'JWT refused');
     return REPLIES.jwtInvalid;
   }
 
   private accept(ctx: RequestContext, found: Found[], verified: VerifiedToken[]): StageResult {
     for (const v of verified) if (!v.audienceAllowed()) return REPLIES.jwtAudience;
     const first = verified[0] as VerifiedToken;
-    ctx.requestPrincipal = first.principal;
-    ctx.claims = first.payload;
-    ctx.audiences = first.audiences;
-    ctx.presenter = first.presenter;
+    const a = ctx.attrs;
+    a.requestPrincipal = first.principal;
+    a.claims = first.payload;
+    a.audiences = first.audiences;
+    a.presenter = first.presenter;
     for (let i = 0; i < found.length; i++)
       this.writeHeaders(ctx, (found[i] as Found).location, verified[i] as VerifiedToken);
     return null;
@@ -251,9 +254,9 @@ const DUPLICATE = '\u0000duplicate';
 function extract(ctx: RequestContext, l: TokenLocation): string | null {
   let raw: string | undefined;
   if (l.kind === LocationKind.Header) {
-    const v = ctx.headers[l.name];
+    const v = ctx.attrs.headers[l.name];
     if (v === undefined) return null;
-    if (Array.isArray(v) || countHeader(ctx.req.rawHeaders, l.name) > 1) return DUPLICATE;
+    if (Array.isArray(v) || countHeader(ctx.rawHeaders, l.name) > 1) return DUPLICATE;
     if (l.lenientPrefix) return bearerToken(v);
     if (l.prefix !== '') {
       if (!v.startsWith(l.prefix)) return INVALID;
@@ -263,11 +266,11 @@ function extract(ctx: RequestContext, l: TokenLocation): string | null {
     }
     raw = raw.trim();
   } else if (l.kind === LocationKind.Param) {
-    raw = queryParam(ctx.query, l.name);
+    raw = queryParam(ctx.attrs.query, l.name);
     if (raw === undefined) return null;
   } else {
     // Node joins repeated Cookie fields with "; " already (RFC 6265 §5.4 allows only one).
-    raw = cookie(ctx.headers.cookie, l.name);
+    raw = cookie(ctx.attrs.headers.cookie, l.name);
     if (raw === undefined) return null;
   }
   return raw === '' ? INVALID : raw;

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import type { Attributes } from '../../authz/attributes.js';
 import { headerText, parseQuery } from '../../authz/query.js';
 import type { RegoEngine } from '../../authz/rego/engine.js';
 import type { RequestContext } from '../context.js';
@@ -30,50 +31,45 @@ function parsedQuery(query: string): Record<string, string[]> {
  * `input.attributes.metadataContext.filterMetadata["envoy.filters.http.jwt_authn"].payload`.
  * Only the headers the config lists are included (all by default). Bodies are not included.
  */
-export function envoyInput(
-  ctx: RequestContext,
-  headerNames: readonly string[] | null,
-  ourId: string,
-): unknown {
+export function envoyInput(a: Attributes, headerNames: readonly string[] | null, ourId: string): unknown {
   const headers: Record<string, string> = {};
   if (headerNames === null) {
-    for (const [k, v] of Object.entries(ctx.headers))
-      if (v !== undefined) headers[k] = headerText(v) as string;
+    for (const [k, v] of Object.entries(a.headers)) if (v !== undefined) headers[k] = headerText(v) as string;
   } else {
     for (const k of headerNames) {
-      const v = ctx.headers[k];
+      const v = a.headers[k];
       if (v !== undefined) headers[k] = headerText(v) as string;
     }
   }
-  const path = ctx.query === '' ? ctx.path : `${ctx.path}?${ctx.query}`;
+  const path = a.query === '' ? a.path : `${a.path}?${a.query}`;
   // Envoy passes HTTP/2-style pseudo-headers too; policies written for it may read them.
-  headers[':authority'] = ctx.host;
-  headers[':method'] = ctx.method;
+  headers[':authority'] = a.host;
+  headers[':method'] = a.method;
   headers[':path'] = path;
   return {
     attributes: {
       source: {
-        address: socketAddress(ctx.sourceAddress, ctx.sourcePort),
-        principal: ctx.peer === null ? '' : ctx.peer.spiffeId.id,
+        address: socketAddress(a.sourceAddress, a.sourcePort),
+        principal: a.peerId,
       },
-      destination: { address: socketAddress(ctx.destinationAddress, ctx.destinationPort), principal: ourId },
+      destination: { address: socketAddress(a.destinationAddress, a.destinationPort), principal: ourId },
       request: {
-        time: new Date(ctx.startedAt).toISOString(),
+        time: new Date(a.time).toISOString(),
         http: {
-          id: ctx.requestId,
-          method: ctx.method,
+          id: a.requestId,
+          method: a.method,
           headers,
           path,
-          host: ctx.host,
-          scheme: ctx.tls ? 'https' : 'http',
-          protocol: `HTTP/${ctx.req.httpVersion}`,
+          host: a.host,
+          scheme: a.tls ? 'https' : 'http',
+          protocol: a.protocol,
         },
       },
       metadataContext:
-        ctx.claims === null ? {} : { filterMetadata: { [JWT_METADATA_KEY]: { payload: ctx.claims } } },
+        a.claims === null ? {} : { filterMetadata: { [JWT_METADATA_KEY]: { payload: a.claims } } },
     },
-    parsed_path: ctx.path.split('/').filter((s) => s !== ''),
-    parsed_query: parsedQuery(ctx.query),
+    parsed_path: a.path.split('/').filter((s) => s !== ''),
+    parsed_query: parsedQuery(a.query),
     parsed_body: null,
     truncated_body: false,
     version: { encoding: 'protojson', ext_authz: 'v3' },
@@ -99,7 +95,7 @@ export class RegoStage implements Stage {
   run(ctx: RequestContext): StageResult {
     let d: ReturnType<RegoEngine['evaluate']>;
     try {
-      d = this.engine.evaluate(envoyInput(ctx, this.engine.headers, this.ourId));
+      d = this.engine.evaluate(envoyInput(ctx.attrs, this.engine.headers, this.ourId));
     } catch (err) {
       // An abort or a trap in the policy: deny, and say why in the log (the audit reason is rego-error).
       this.log.warn(
@@ -110,7 +106,7 @@ export class RegoStage implements Stage {
     }
     if (d.allowed) {
       for (const [n, v] of d.upstreamHeaders) ctx.addHeader(n, v);
-      for (const [n, v] of d.responseHeaders) ctx.res.appendHeader(n, v);
+      for (const [n, v] of d.responseHeaders) ctx.addResponseHeader(n, v);
       return null;
     }
     if (d.status === 403 && d.body === '' && d.responseHeaders.length === 0) return REPLIES.regoDenied;

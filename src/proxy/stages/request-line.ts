@@ -1,11 +1,11 @@
 import { isIPv6 } from 'node:net';
-import { normalizePath, type PathNormalization } from '../../authz/normalize.js';
 import type { RequestContext } from '../context.js';
 import { REPLIES } from '../local-reply.js';
 import type { Stage, StageResult } from '../plan.js';
 
 /**
- * Checks the request line and fixes the path that is both authorized and forwarded. Only
+ * Checks the request line and sets the target forwarded: the normalized path the attributes hold
+ * (the one authorized) with the query as received. Only
  * origin-form targets (`/path?query`, RFC 9112 §3.2.1) are proxied, plus `*` for OPTIONS;
  * absolute- and authority-form would let a client name a different host than the one authorized.
  * An encoded NUL is refused before anything decodes it (llhttp passes it through), and so is a
@@ -13,15 +13,10 @@ import type { Stage, StageResult } from '../plan.js';
  */
 export class RequestLineStage implements Stage {
   readonly name = 'request-line';
-  private readonly normalization: PathNormalization;
   private readonly rejectUnderscores: boolean;
   private readonly rejectOverrides: boolean;
 
-  constructor(
-    normalization: PathNormalization = 'BASE',
-    opts: { rejectUnderscoreHeaders?: boolean; rejectOverrideHeaders?: boolean } = {},
-  ) {
-    this.normalization = normalization;
+  constructor(opts: { rejectUnderscoreHeaders?: boolean; rejectOverrideHeaders?: boolean } = {}) {
     this.rejectUnderscores = opts.rejectUnderscoreHeaders ?? false;
     this.rejectOverrides = opts.rejectOverrideHeaders ?? false;
   }
@@ -31,37 +26,34 @@ export class RequestLineStage implements Stage {
   }
 
   run(ctx: RequestContext): StageResult {
-    const url = ctx.req.url ?? '';
+    const a = ctx.attrs;
+    const url = ctx.target;
     // HTTP/2 names the authority in :authority (RFC 9113 §8.3.1); a Host beside it must agree.
-    const h2 = ctx.req.httpVersionMajor === 2;
-    let host = ctx.headers.host;
-    if (h2) {
-      const authority = ctx.headers[':authority'];
+    let host = a.headers.host;
+    if (ctx.http2) {
+      const authority = a.headers[':authority'];
       if (typeof authority === 'string') {
         if (host !== undefined && host !== authority) return REPLIES.badRequest;
         host = authority;
       }
     }
-    ctx.host = host === undefined ? '' : host.toLowerCase();
-    if (!isUpperToken(ctx.method)) return REPLIES.badRequest;
+    if (!isUpperToken(a.method)) return REPLIES.badRequest;
     // Exactly one valid Host (RFC 9112 §3.2): HTTP/1.0 may omit it, but what is authorized on
     // `hosts` must be what the upstream routes on, and Node keeps only the first of two. Header
     // names the config refuses (underscores, method/URL overrides) are refused here too.
-    if (host === undefined || !isHostHeader(host) || !this.headersAcceptable(ctx.req.rawHeaders, h2))
+    if (host === undefined || !isHostHeader(host) || !this.headersAcceptable(ctx.rawHeaders, ctx.http2))
       return REPLIES.badRequest;
-    if (url === '*' && ctx.method === 'OPTIONS') {
-      ctx.path = '*';
+    if (url === '*' && a.method === 'OPTIONS') {
       ctx.forwardTarget = url;
       return null;
     }
     if (url.charCodeAt(0) !== 47 /* '/' */ || url.includes('#') || hasEncodedNul(url))
       return REPLIES.badRequest;
+    // The attributes hold the normalized path (requestAttributes); forwarded is what is authorized.
     const q = url.indexOf('?');
-    const raw = q === -1 ? url : url.slice(0, q);
-    const path = normalizePath(raw, this.normalization);
-    ctx.path = path;
-    ctx.query = q === -1 ? '' : url.slice(q + 1);
-    ctx.forwardTarget = path === raw ? url : q === -1 ? path : path + url.slice(q);
+    const rawLength = q === -1 ? url.length : q;
+    const unchanged = a.path.length === rawLength && url.startsWith(a.path);
+    ctx.forwardTarget = unchanged ? url : q === -1 ? a.path : a.path + url.slice(q);
     return null;
   }
 }

@@ -1,13 +1,12 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
 import pino from 'pino';
 import { describe, expect, it } from 'vitest';
 import { JwksRegistry } from '../../../src/authn/jwks.js';
 import type { JwtRule } from '../../../src/istio/request-authentication.js';
-import { RequestContext } from '../../../src/proxy/context.js';
-import type { ListenerPlan } from '../../../src/proxy/plan.js';
+import type { RequestContext } from '../../../src/proxy/context.js';
 import { JwtStage } from '../../../src/proxy/stages/jwt.js';
 import { RequestLineStage } from '../../../src/proxy/stages/request-line.js';
 import { ISSUER, makeKey, sign } from '../../helpers/jwks.js';
+import { describedRequest } from '../../helpers/request.js';
 
 function rule(jwks: string, extra: Partial<JwtRule> = {}): JwtRule {
   return {
@@ -28,21 +27,10 @@ function rule(jwks: string, extra: Partial<JwtRule> = {}): JwtRule {
   };
 }
 
-/** A request as Node's HTTP server would hand it over (only the fields the context reads). */
+/** A request as the proxy would describe it to the stages (no socket), after the request-line stage. */
 function context(url: string, headers: Record<string, string>): RequestContext {
   const all: Record<string, string> = { host: 'api.example', ...headers };
-  const req = {
-    method: 'GET',
-    url,
-    headers: all,
-    rawHeaders: Object.entries(all).flat(),
-    socket: { remoteAddress: '127.0.0.1' },
-  };
-  const ctx = new RequestContext(
-    null as unknown as ListenerPlan,
-    req as unknown as IncomingMessage,
-    {} as ServerResponse,
-  );
+  const ctx = describedRequest({ target: url, headers: Object.entries(all) });
   expect(new RequestLineStage().run(ctx)).toBeNull();
   return ctx;
 }
@@ -64,22 +52,22 @@ describe('JWT stage results on the request context', () => {
 
     const ctx = context('/x', { authorization: `Bearer ${token}` });
     expect(await stage.run(ctx)).toBeNull();
-    expect(ctx.requestPrincipal).toBe(`${ISSUER}/bob`);
-    expect(ctx.claims).toMatchObject({ sub: 'bob', scope: 'read write' });
-    expect(ctx.audiences).toEqual(['api', 'web']);
-    expect(ctx.presenter).toBe('cli');
+    expect(ctx.attrs.requestPrincipal).toBe(`${ISSUER}/bob`);
+    expect(ctx.attrs.claims).toMatchObject({ sub: 'bob', scope: 'read write' });
+    expect(ctx.attrs.audiences).toEqual(['api', 'web']);
+    expect(ctx.attrs.presenter).toBe('cli');
     expect(ctx.dropHeaders).toContain('authorization');
 
     // The second time the stage answers synchronously from the cache (no promise).
     const again = context('/x', { authorization: `Bearer ${token}` });
     expect(stage.run(again)).toBeNull();
-    expect(again.requestPrincipal).toBe(`${ISSUER}/bob`);
+    expect(again.attrs.requestPrincipal).toBe(`${ISSUER}/bob`);
 
     const anonymous = context('/x', {});
     expect(stage.run(anonymous)).toBeNull();
-    expect(anonymous.requestPrincipal).toBe('');
-    expect(anonymous.claims).toBeNull();
-    expect(anonymous.audiences).toEqual([]);
+    expect(anonymous.attrs.requestPrincipal).toBe('');
+    expect(anonymous.attrs.claims).toBeNull();
+    expect(anonymous.attrs.audiences).toEqual([]);
     registry.close();
   });
 });

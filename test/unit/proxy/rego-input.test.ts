@@ -1,11 +1,7 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
 import { describe, expect, it } from 'vitest';
-import { SpiffeId } from '../../../src/identity/spiffe-id.js';
-import { PeerIdentity } from '../../../src/identity/verify-peer.js';
-import { kPeer, RequestContext } from '../../../src/proxy/context.js';
-import type { ListenerPlan } from '../../../src/proxy/plan.js';
 import { envoyInput, JWT_METADATA_KEY } from '../../../src/proxy/stages/rego.js';
 import { RequestLineStage } from '../../../src/proxy/stages/request-line.js';
+import { describedRequest } from '../../helpers/request.js';
 
 /** The input example in the OPA-Envoy plugin's documentation (values shortened), for its shape. */
 const OPA_ENVOY_EXAMPLE = {
@@ -50,33 +46,28 @@ function sameShape(ref: unknown, actual: unknown, at = 'input'): string[] {
 
 describe('the Rego input document', () => {
   const headers = { host: 'shop.example:8443', accept: '*/*', authorization: 'Bearer x', 'x-user': 'u' };
-  const req = {
-    method: 'GET',
-    url: '/api/v1/products?limit=2&tag=a&tag=b',
-    httpVersion: '1.1',
-    headers,
-    rawHeaders: Object.entries(headers).flat(),
-    socket: {
-      remoteAddress: '172.17.0.10',
-      remotePort: 36472,
-      localAddress: '172.17.0.17',
-      encrypted: true,
-      servername: 'shop.example',
+  const ctx = describedRequest({
+    target: '/api/v1/products?limit=2&tag=a&tag=b',
+    headers: Object.entries(headers),
+    conn: {
+      sourceAddress: '172.17.0.10',
+      sourcePort: 36472,
+      destinationAddress: '172.17.0.17',
+      tls: true,
+      sni: 'shop.example',
+      peerId: 'spiffe://example.org/ns/default/sa/web',
+      peerPrincipal: 'example.org/ns/default/sa/web',
+      peerNamespace: 'default',
     },
-  };
-  (req.socket as Record<symbol, unknown>)[kPeer] = new PeerIdentity(
-    SpiffeId.parse('spiffe://example.org/ns/default/sa/web'),
-    'ab',
-    0,
-  );
-  const plan = { workloadPort: 9080 } as unknown as ListenerPlan;
-  const ctx = new RequestContext(plan, req as unknown as IncomingMessage, {} as ServerResponse);
+    workloadPort: 9080,
+  });
   new RequestLineStage().run(ctx);
-  ctx.claims = { sub: 'alice', groups: ['dev'] };
+  ctx.attrs.claims = { sub: 'alice', groups: ['dev'] };
+  const attrs = ctx.attrs;
 
   it("has the OPA-Envoy plugin's documented shape, and the values Envoy would give", () => {
     const input = envoyInput(
-      ctx,
+      attrs,
       null,
       'spiffe://example.org/ns/default/sa/api',
     ) as typeof OPA_ENVOY_EXAMPLE & {
@@ -120,7 +111,7 @@ describe('the Rego input document', () => {
   });
 
   it('includes only the configured headers when the config lists them', () => {
-    const input = envoyInput(ctx, ['x-user'], '') as {
+    const input = envoyInput(attrs, ['x-user'], '') as {
       attributes: { request: { http: { headers: Record<string, string> } } };
     };
     expect(Object.keys(input.attributes.request.http.headers).sort()).toEqual([
