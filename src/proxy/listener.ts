@@ -1,55 +1,27 @@
-import { X509Certificate } from 'node:crypto';
 import http from 'node:http';
 import http2 from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import tls from 'node:tls';
+import type tls from 'node:tls';
 import type { Logger } from 'pino';
+import type { EffectiveMode } from '../authn/peer-authn.js';
 import type { ListenerConfig } from '../config/load.js';
-import { PeerError, type PeerIdentity, verifyPeer } from '../identity/verify-peer.js';
+import type { TrustBundleSet } from '../identity/bundle.js';
+import type { PeerIdentity } from '../identity/verify-peer.js';
 import { attachConnection, connectionOf } from '../transport/connection.js';
-import { PendingConnections } from '../transport/pending.js';
+import { type ConnectionSink, InboundTransport, type ListenerStats } from '../transport/inbound.js';
+import { LogLimiter } from '../transport/log-limit.js';
 import { xfccElement } from './headers.js';
 import { type LocalReply, REPLIES } from './local-reply.js';
-import { LogLimiter } from './log-limit.js';
 import type { ListenerPlan } from './plan.js';
 import { RequestStream } from './stream.js';
 import { abortUpstream } from './upstream.js';
 
 const kListener = Symbol('portcullis.listener');
 const kStream = Symbol('portcullis.stream');
-const kHandedOff = Symbol('portcullis.handedOff');
-/** Set on a raw socket closed by the pending deadline, so the TLS error that follows is not counted again. */
-const kTimedOut = Symbol('portcullis.timedOut');
-/** First byte of a TLS record carrying a handshake (RFC 8446 §5.1, ContentType handshake = 22). */
-const TLS_HANDSHAKE = 0x16;
 
 interface Tagged {
   [kListener]?: InboundListener;
-  [kHandedOff]?: boolean;
-  [kTimedOut]?: boolean;
-}
-
-/** Counters a listener keeps; the metrics endpoint reads them. */
-export class ListenerStats {
-  connections = 0;
-  requests = 0;
-  /** Peers that passed the SPIFFE checks: one per connection, however many requests it carries. */
-  peersVerified = 0;
-  /** Handshakes that OpenSSL refused, by error code. */
-  readonly tlsFailures = new Map<string, number>();
-  /** Verified-by-OpenSSL peers that the SPIFFE checks refused, by reason. */
-  readonly peersRejected = new Map<string, number>();
-  /**
-   * Connections closed by a limit before they carried a request: `handshake-timeout`,
-   * `pending-per-source`, `pending-evicted` (the oldest pending one, when the budget was full),
-   * `connection-limit` (verified, but maxConnections were open).
-   */
-  readonly refused = new Map<string, number>();
-  /** Connections in the sniff, the TLS handshake or the SPIFFE checks now. */
-  pending = 0;
-  /** Connections handed to HTTP (verified peers, or plaintext where the mode allows it) now. */
-  active = 0;
 }
 
 /**
@@ -69,39 +41,25 @@ const PARSER_REPLIES: ReadonlyMap<LocalReply, Buffer> = new Map(
   ),
 );
 
-function count(map: Map<string, number>, key: string): void {
-  map.set(key, (map.get(key) ?? 0) + 1);
-}
-
 /**
- * One inbound listener. A single TCP port serves every mTLS mode:
- * - STRICT: the connection goes straight to TLS, client certificate required;
- * - PERMISSIVE: the first byte decides — a TLS handshake record means mTLS, anything else plaintext;
- * - DISABLE: plaintext HTTP.
- * The mode is read per connection from the current plan, so a policy reload applies to the next
- * connection without restarting the listener.
- *
- * The HTTP server is the one that listens (so Node's own connection tracking, timeouts and
- * close() keep working); its 'connection' handler is replaced by ours, which routes each socket and
- * hands it to Node's HTTP handler only after the peer has been verified.
+ * One inbound listener: its transport (accept, limits, sniff, TLS, ALPN, peer verification; see
+ * transport/inbound.ts) hands each accepted connection here, where the HTTP server is chosen by
+ * ALPN — HTTP/2 for `h2` (listeners with http2 on), HTTP/1.1 otherwise — and every request or
+ * stream becomes a RequestStream over the current plan. The mode and bundles are read per
+ * connection from the current plan, so a policy reload applies to the next connection without
+ * restarting the listener.
  */
-export class InboundListener {
+export class InboundListener implements ConnectionSink {
   readonly config: ListenerConfig;
-  readonly stats = new ListenerStats();
   plan: ListenerPlan;
   closing = false;
   readonly log: Logger;
+  private readonly transport: InboundTransport;
+  /** HTTP/1.1: a server that never listens; the transport injects connections into it. */
   private readonly http: http.Server;
   /** HTTP/2 sessions over verified TLS connections that chose h2 by ALPN (listeners with http2: true). */
   private readonly h2: http2.Http2Server | null;
   private readonly h2Sessions = new Set<http2.ServerHttp2Session>();
-  private readonly tls: tls.Server;
-  private readonly httpConnection: (socket: Duplex) => void;
-  private readonly sockets = new Set<Socket>();
-  private readonly pending: PendingConnections;
-  /** Reused out-parameter of PendingConnections.admit (no object per connection). */
-  private readonly evicted: { socket: Socket | null } = { socket: null };
-  private lastRefusalWarning = 0;
   /** Client-caused log lines (refusals) per reason, at most one per 10 s each. */
   private readonly logLimit = new LogLimiter();
 
@@ -110,6 +68,15 @@ export class InboundListener {
     this.plan = plan;
     this.log = log;
     const limits = config.limits;
+    this.transport = new InboundTransport(
+      config.name,
+      config.address,
+      limits,
+      plan.snapshot.tlsOptions,
+      config.http2 ? ['h2', 'http/1.1'] : ['http/1.1'],
+      this,
+      log,
+    );
     this.http = http.createServer(
       {
         maxHeaderSize: limits.maxHeaderSize,
@@ -124,21 +91,6 @@ export class InboundListener {
       },
       onRequest,
     );
-    // A hard ceiling Node applies before any JavaScript object exists for the connection; the
-    // pending and verified budgets below are what normally decide.
-    this.http.maxConnections = limits.maxConnections + limits.maxPendingHandshakes;
-    this.pending = new PendingConnections(
-      limits.maxPendingHandshakes,
-      limits.maxPendingPerSource,
-      limits.handshakeTimeout,
-      onPendingDeadline,
-    );
-    const handlers = this.http.listeners('connection');
-    if (handlers.length !== 1)
-      throw new Error('unexpected http.Server internals: expected one connection listener');
-    this.httpConnection = handlers[0] as (socket: Duplex) => void;
-    this.http.removeAllListeners('connection');
-    this.http.on('connection', onConnection);
     this.http.on('clientError', onClientError);
     // Without a listener Node answers `Expect: 100-continue` at once, inviting the body of a
     // request that may be refused; the proxy sends 100 Continue only when it forwards.
@@ -149,18 +101,11 @@ export class InboundListener {
     // Upgrade requests (WebSocket) go through the same stages as any other; see tunnel.ts.
     this.http.on('upgrade', onUpgrade);
     (this.http as http.Server & Tagged)[kListener] = this;
-
-    this.tls = tls.createServer({
-      ...plan.snapshot.tlsOptions,
-      requestCert: true,
-      rejectUnauthorized: true,
-      ALPNProtocols: config.http2 ? ['h2', 'http/1.1'] : ['http/1.1'],
-      // The pending deadline (from accept, covering sniff, handshake and SPIFFE checks) is what
-      // closes slow handshakes; Node's own timer only reports (tlsClientError) and never closes,
-      // and 0 would mean its 120 s default, so it is set just past ours as a backstop.
-      handshakeTimeout: limits.handshakeTimeout + 1_000,
-    });
-    (this.tls as tls.Server & Tagged)[kListener] = this;
+    // An http.Server starts tracking its connections (the header and request deadlines above, idle
+    // closing) when it starts listening. This one never listens — the transport owns the port and
+    // injects connections ('connection', documented for that) — so it is told it is listening.
+    // The slow-head and drain tests fail if a Node release stops honouring this.
+    this.http.emit('listening');
     if (config.http2) {
       // A plain (not secure) HTTP/2 server: TLS and the SPIFFE checks are done by then, and the
       // verified TLS socket is handed to it. Each stream comes out as a compat request and runs
@@ -179,37 +124,52 @@ export class InboundListener {
     } else {
       this.h2 = null;
     }
-    this.tls.on('secureConnection', onSecureConnection);
-    this.tls.on('tlsClientError', onTlsClientError);
   }
 
   get name(): string {
     return this.config.name;
   }
 
+  get stats(): ListenerStats {
+    return this.transport.stats;
+  }
+
   listen(): Promise<AddressInfo> {
-    const { host, port } = this.config.address;
-    return new Promise((resolve, reject) => {
-      this.http.once('error', reject);
-      this.http.listen({ host, port }, () => {
-        this.http.off('error', reject);
-        resolve(this.http.address() as AddressInfo);
-      });
-    });
+    return this.transport.listen();
   }
 
   address(): AddressInfo {
-    return this.http.address() as AddressInfo;
+    return this.transport.addressInfo();
   }
 
   /** Swaps in a new plan; new connections use its certificates and mode at once, open ones carry on. */
   setPlan(plan: ListenerPlan): void {
     const prev = this.plan;
     this.plan = plan;
-    if (prev.snapshot.tlsOptions !== plan.snapshot.tlsOptions) {
-      // setSecureContext() resets every option it is not given: pass the full set each time.
-      this.tls.setSecureContext({ ...plan.snapshot.tlsOptions });
-    }
+    if (prev.snapshot.tlsOptions !== plan.snapshot.tlsOptions)
+      this.transport.setTlsOptions(plan.snapshot.tlsOptions);
+  }
+
+  // --- ConnectionSink: what the transport asks of this layer ---
+
+  currentMode(): EffectiveMode {
+    return this.plan.mode;
+  }
+
+  currentBundles(): TrustBundleSet {
+    return this.plan.snapshot.bundles;
+  }
+
+  accepted(socket: Socket, peer: PeerIdentity | null): void {
+    const xfcc = peer === null ? '' : xfccElement(this.plan.snapshot.xfccBy, peer.certHash, peer.spiffeId.id);
+    attachConnection(socket, peer, xfcc);
+    if (this.h2 !== null && (socket as tls.TLSSocket).alpnProtocol === 'h2')
+      this.h2.emit('connection', socket);
+    else this.http.emit('connection', socket);
+  }
+
+  peerRefused(reason: string, detail: string, address: string, port: number): void {
+    this.plan.observer.peerRefused(this.name, reason, detail, address, port);
   }
 
   /**
@@ -220,194 +180,30 @@ export class InboundListener {
     if (this.closing) return;
     this.closing = true;
     // Connections still in the handshake or the first-byte sniff have no request yet: cut them now.
-    for (const s of this.sockets) if ((s as Socket & Tagged)[kHandedOff] !== true) s.destroy();
+    this.transport.stopAccepting();
     // HTTP/2 sessions get a GOAWAY: no new streams, the open ones finish.
     for (const s of this.h2Sessions) s.close();
-    const closed = new Promise<void>((resolve) => this.http.close(() => resolve()));
+    this.http.closeIdleConnections();
     const sweep = setInterval(() => this.http.closeIdleConnections(), 50);
     let timer: NodeJS.Timeout | undefined;
     const timedOut = new Promise<boolean>((resolve) => {
       timer = setTimeout(() => resolve(true), drainMs);
     });
-    const expired = await Promise.race([closed.then(() => false), timedOut]);
+    const drained = this.transport.drained();
+    const expired = await Promise.race([drained.then(() => false), timedOut]);
     if (expired) {
       this.log.warn(
-        { listener: this.name, open: this.sockets.size },
+        { listener: this.name, open: this.transport.open },
         'drain time is up; closing the connections left',
       );
       this.http.closeAllConnections();
-      for (const s of this.sockets) s.destroy();
+      this.transport.destroyAll();
     }
     clearTimeout(timer);
     clearInterval(sweep);
-    await closed;
-  }
-
-  // --- connection routing (called with `this` bound by the module-level handlers below) ---
-
-  handleConnection(socket: Socket): void {
-    this.stats.connections++;
-    this.sockets.add(socket);
-    (socket as Socket & Tagged)[kListener] = this;
-    socket.on('close', onRawClose);
-    if (this.closing) {
-      socket.destroy();
-      return;
-    }
-    // http.Server sockets are half-open by default, and a TLS socket built on one inherits it: a
-    // client that hangs up mid-handshake would leave our side open. Hang up with it.
-    socket.allowHalfOpen = false;
-    const refusal = this.pending.admit(socket, this.evicted);
-    const evicted = this.evicted.socket;
-    if (evicted !== null) {
-      this.evicted.socket = null;
-      this.stats.pending--;
-      this.refuse(evicted, 'pending-evicted');
-    }
-    if (refusal !== '') {
-      this.refuse(socket, refusal);
-      return;
-    }
-    this.stats.pending++;
-    const mode = this.plan.mode;
-    if (mode === 'STRICT') {
-      this.tls.emit('connection', socket);
-    } else if (mode === 'DISABLE') {
-      this.handOff(socket, null, '');
-    } else {
-      // PERMISSIVE: wait for the first byte without consuming it, then route. The pending
-      // deadline covers the wait.
-      socket.on('error', onSniffError);
-      socket.once('readable', onSniffReadable);
-    }
-  }
-
-  /** Closes a connection a limit refused, counting it; a warning at most every 10 s says limits bite. */
-  private refuse(socket: Socket, reason: string): void {
-    count(this.stats.refused, reason);
-    socket.destroy();
-    const now = Date.now();
-    if (now - this.lastRefusalWarning >= 10_000) {
-      this.lastRefusalWarning = now;
-      this.log.warn(
-        {
-          listener: this.name,
-          reason,
-          remote: socket.remoteAddress,
-          refused: Object.fromEntries(this.stats.refused),
-        },
-        'connection limits are closing connections (counts in /metrics: portcullis_connections_refused_total)',
-      );
-    }
-  }
-
-  /** The pending deadline passed: the client did not finish sniff, handshake and checks in time. */
-  pendingExpired(socket: Socket): void {
-    if (!this.pending.has(socket)) return;
-    this.pending.settle(socket);
-    this.stats.pending--;
-    (socket as Socket & Tagged)[kTimedOut] = true;
-    count(this.stats.refused, 'handshake-timeout');
-    const held = this.logLimit.allow('handshake-timeout');
-    if (held >= 0) {
-      this.log.info(
-        { listener: this.name, remote: socket.remoteAddress, held },
-        'connection closed: no verified handshake within handshakeTimeout (held: like lines not logged in the last 10 s)',
-      );
-    }
-    this.plan.observer.peerRefused(
-      this.name,
-      'handshake-timeout',
-      `no verified handshake within ${this.config.limits.handshakeTimeout} ms`,
-      socket.remoteAddress ?? '',
-      socket.remotePort ?? 0,
-    );
-    socket.destroy();
-  }
-
-  routeSniffed(socket: Socket): void {
-    const chunk = socket.read() as Buffer | null;
-    if (chunk === null) {
-      // 'readable' also fires at end of stream; a client that closes without a byte is done.
-      if (socket.readableEnded) socket.destroy();
-      else socket.once('readable', onSniffReadable);
-      return;
-    }
-    socket.unshift(chunk);
-    socket.off('error', onSniffError);
-    if (chunk[0] === TLS_HANDSHAKE) this.tls.emit('connection', socket);
-    else this.handOff(socket, null, '');
-  }
-
-  verifyAndHandOff(socket: tls.TLSSocket): void {
-    const snap = this.plan.snapshot;
-    let peer: PeerIdentity;
-    try {
-      peer = verifyPeer(socket.getPeerX509Certificate(), presentedChain(socket), snap.bundles);
-    } catch (err) {
-      const reason = err instanceof PeerError ? err.reason : 'error';
-      count(this.stats.peersRejected, reason);
-      this.plan.observer.peerRefused(
-        this.name,
-        reason,
-        (err as Error).message,
-        socket.remoteAddress ?? '',
-        socket.remotePort ?? 0,
-      );
-      const held = this.logLimit.allow(`peer:${reason}`);
-      if (held >= 0) {
-        this.log.warn(
-          { listener: this.name, reason, remote: socket.remoteAddress, detail: (err as Error).message, held },
-          'peer refused (held: like lines not logged in the last 10 s)',
-        );
-      }
-      socket.destroy();
-      return;
-    }
-    this.stats.peersVerified++;
-    this.handOff(socket, peer, xfccElement(snap.xfccBy, peer.certHash, peer.spiffeId.id));
-  }
-
-  /** The connection has proved what it must (or the mode asks nothing): it leaves the pending budget for HTTP. */
-  private handOff(socket: Duplex, peer: PeerIdentity | null, xfcc: string): void {
-    const raw = (socket as tls.TLSSocket & { _parent?: Socket })._parent ?? (socket as Socket);
-    if (this.pending.has(raw)) {
-      this.pending.settle(raw);
-      this.stats.pending--;
-    }
-    if (this.stats.active >= this.config.limits.maxConnections) {
-      this.refuse(socket as Socket, 'connection-limit');
-      return;
-    }
-    this.stats.active++;
-    (raw as Socket & Tagged)[kHandedOff] = true;
-    attachConnection(socket as Socket, peer, xfcc);
-    if (this.h2 !== null && (socket as tls.TLSSocket).alpnProtocol === 'h2')
-      this.h2.emit('connection', socket);
-    else this.httpConnection.call(this.http, socket);
-  }
-
-  tlsFailed(err: Error & { code?: string }, socket: tls.TLSSocket | undefined): void {
-    const raw = (socket as (tls.TLSSocket & { _parent?: Socket & Tagged }) | undefined)?._parent;
-    // Node reports and leaves the socket open: close it (and with it the raw socket).
-    socket?.destroy();
-    if (raw?.[kTimedOut] === true) return; // the deadline closed it, and counted it
-    const code = err.code ?? 'unknown';
-    count(this.stats.tlsFailures, code);
-    this.plan.observer.peerRefused(
-      this.name,
-      'tls-handshake',
-      code,
-      socket?.remoteAddress ?? '',
-      socket?.remotePort ?? 0,
-    );
-    const held = this.logLimit.allow(`tls:${code}`);
-    if (held >= 0) {
-      this.log.info(
-        { listener: this.name, code, remote: socket?.remoteAddress, message: err.message, held },
-        'TLS handshake refused (held: like lines not logged in the last 10 s)',
-      );
-    }
+    await drained;
+    // Stops the HTTP server's deadline checks (it never listened, so Node reports it was not running).
+    this.http.close(ignore);
   }
 
   /**
@@ -420,7 +216,7 @@ export class InboundListener {
 
   /** Answers a request that never reaches the stages with a fixed reply, and records it as a deny. */
   refuseRequest(code: string, socket: Duplex): void {
-    const s = socket as Socket & { _httpMessage?: http.ServerResponse | null };
+    const s = socket as Socket;
     if (code === 'ECONNRESET' || code === 'EPIPE' || !s.writable) {
       // The client went away: nothing to answer and nothing that was a request.
       s.destroy();
@@ -434,11 +230,12 @@ export class InboundListener {
           : code === 'CONNECT'
             ? REPLIES.methodNotAllowed
             : REPLIES.parserBadRequest;
+    const conn = connectionOf(s);
     this.plan.observer.clientError(
       this.name,
       reply.status,
       reply.reason,
-      connectionOf(s)?.peerPrincipal ?? '',
+      conn?.peerPrincipal ?? '',
       s.remoteAddress ?? '',
       s.remotePort ?? 0,
       (s as Partial<tls.TLSSocket>).encrypted === true,
@@ -450,10 +247,10 @@ export class InboundListener {
         'request refused before the stages (held: like lines not logged in the last 10 s)',
       );
     }
-    // A response already under way (a pipelined request behind it went bad) cannot be followed by
-    // a clean reply: just close.
-    const pending = s._httpMessage;
-    if (pending?.headersSent) {
+    // A response already being written on this connection (a pipelined request behind it went
+    // bad) cannot be followed by a clean reply: just close.
+    const last = conn?.lastResponse ?? null;
+    if (last !== null && last.headersSent && !last.writableFinished) {
       s.destroy();
       return;
     }
@@ -471,31 +268,9 @@ export class InboundListener {
   untrackSession(session: http2.ServerHttp2Session): void {
     this.h2Sessions.delete(session);
   }
-
-  untrack(socket: Socket): void {
-    this.sockets.delete(socket);
-    if (this.pending.has(socket)) {
-      this.pending.settle(socket);
-      this.stats.pending--;
-    } else if ((socket as Socket & Tagged)[kHandedOff] === true) {
-      this.stats.active--;
-    }
-  }
 }
 
-/** The certificates the peer sent after its leaf (Node's detailed chain; a self-signed root points to itself). */
-function presentedChain(socket: tls.TLSSocket): X509Certificate[] {
-  const out: X509Certificate[] = [];
-  const seen = new Set<tls.DetailedPeerCertificate>();
-  let c = socket.getPeerCertificate(true) as tls.DetailedPeerCertificate | undefined;
-  while (c !== undefined && c !== null && c.raw !== undefined && !seen.has(c)) {
-    seen.add(c);
-    if (seen.size > 1) out.push(new X509Certificate(c.raw));
-    c = c.issuerCertificate;
-    if (seen.size > 10) break;
-  }
-  return out;
-}
+function ignore(): void {}
 
 // Module-level handlers: `this` is the emitter, and the listener hangs off it under a symbol,
 // so that no closure is allocated per connection or per request.
@@ -526,34 +301,6 @@ function onH2Session(this: http2.Http2Server & Tagged, session: http2.ServerHttp
 
 function onH2SessionClose(this: http2.ServerHttp2Session & Tagged): void {
   this[kListener]?.untrackSession(this);
-}
-
-function onConnection(this: http.Server & Tagged, socket: Socket): void {
-  (this[kListener] as InboundListener).handleConnection(socket);
-}
-
-function onSniffReadable(this: Socket & Tagged): void {
-  (this[kListener] as InboundListener).routeSniffed(this);
-}
-
-function onPendingDeadline(socket: Socket & Tagged): void {
-  socket[kListener]?.pendingExpired(socket);
-}
-
-function onSniffError(this: Socket): void {
-  this.destroy();
-}
-
-function onRawClose(this: Socket & Tagged): void {
-  this[kListener]?.untrack(this);
-}
-
-function onSecureConnection(this: tls.Server & Tagged, socket: tls.TLSSocket): void {
-  (this[kListener] as InboundListener).verifyAndHandOff(socket);
-}
-
-function onTlsClientError(this: tls.Server & Tagged, err: Error, socket: tls.TLSSocket): void {
-  (this[kListener] as InboundListener).tlsFailed(err, socket);
 }
 
 function onClientError(this: http.Server & Tagged, err: Error, socket: Duplex): void {

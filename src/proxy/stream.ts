@@ -22,6 +22,8 @@ export class RequestStream implements ForwardedFor {
   readonly req: IncomingMessage;
   readonly res: ServerResponse;
   readonly ctx: RequestContext;
+  /** The connection it came on (facts decided once per connection). */
+  readonly connection: Connection;
   /** performance.now() at arrival (durations). */
   readonly startTime: number;
   /** The local reply sent (an entry of the reply table), or null when the request was forwarded. */
@@ -58,6 +60,8 @@ export class RequestStream implements ForwardedFor {
       req.httpVersionMajor === 2,
       conn.xfcc,
     );
+    this.connection = conn;
+    conn.lastResponse = res;
     this.startTime = performance.now();
     this.reply = null;
     this.closed = false;

@@ -3,9 +3,9 @@ import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import { Pool } from 'undici';
 import type { Limits } from '../config/load.js';
+import { LogLimiter } from '../transport/log-limit.js';
 import { upstreamRequestHeaders, upstreamResponseHeaders } from './headers.js';
 import { declaresBody, type LocalReply, REPLIES, sendLocalReply } from './local-reply.js';
-import { LogLimiter } from './log-limit.js';
 import type { RequestStream } from './stream.js';
 import { abortH2Upstream, H2Upstream } from './upstream-h2.js';
 

@@ -23,6 +23,8 @@ export class Connection implements ConnectionFacts {
   readonly peer: PeerIdentity | null;
   /** The XFCC element for the peer (`By=…;Hash=…;URI=…`), or ''. */
   readonly xfcc: string;
+  /** The response of the latest request on this connection (HTTP/1.1), or null before the first. */
+  lastResponse: { readonly headersSent: boolean; readonly writableFinished: boolean } | null;
 
   constructor(socket: Socket, peer: PeerIdentity | null, xfcc: string) {
     const tls = (socket as Partial<TLSSocket>).encrypted === true;
@@ -37,6 +39,7 @@ export class Connection implements ConnectionFacts {
     this.peerNamespace = peer === null ? '' : peer.spiffeId.namespace;
     this.peer = peer;
     this.xfcc = xfcc;
+    this.lastResponse = null;
   }
 }
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { LogLimiter } from '../../../src/proxy/log-limit.js';
+import { LogLimiter } from '../../../src/transport/log-limit.js';
 
 describe('LogLimiter', () => {
   it('lets one line per key through per interval and reports how many it held back', () => {
