@@ -249,8 +249,8 @@ export class InboundListener implements ConnectionSink {
     }
     // A response already being written on this connection (a pipelined request behind it went
     // bad) cannot be followed by a clean reply: just close.
-    const last = conn?.lastResponse ?? null;
-    if (last !== null && last.headersSent && !last.writableFinished) {
+    const last = conn?.lastResponse;
+    if (last?.headersSent === true && !last.writableFinished) {
       s.destroy();
       return;
     }
