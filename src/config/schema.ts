@@ -149,7 +149,7 @@ export const configSchema = z.strictObject({
         /** How to talk to the upstream: HTTP/1.1, or HTTP/2 (h2c with prior knowledge for http://). */
         upstreamProtocol: z.enum(['http1', 'http2']).default('http1'),
         /** Offer HTTP/2 (ALPN h2) to clients beside HTTP/1.1; each stream is checked as a request. */
-        http2: z.boolean().default(false),
+        http2: z.boolean().default(true),
         /** Rego compiled to WebAssembly, evaluated after the Istio policies. */
         rego: z
           .strictObject({

@@ -70,7 +70,8 @@ describe('HTTP/2 inbound', () => {
   beforeAll(async () => {
     key = await makeKey('k1');
     jwks = new JwksServer([key]);
-    h = await startHarness({ policies: POLICIES(await jwks.listen()), listener: { http2: true } });
+    // HTTP/2 is offered by default (listeners[].http2 defaults to true).
+    h = await startHarness({ policies: POLICIES(await jwks.listen()) });
     session = http2.connect(`https://localhost:${h.port}`, { ...h.client, servername: 'localhost' });
     await new Promise<void>((resolve, reject) => {
       session.once('connect', () => resolve());
@@ -311,5 +312,38 @@ describe('an HTTP/2 upstream that is down', () => {
   it('answers 503 and keeps serving', async () => {
     expect((await request(`${h.url}/a`, h.client)).status).toBe(503);
     expect((await request(`${h.url}/b`, h.client)).status).toBe(503);
+  });
+});
+
+describe('a listener with http2: false', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness({ listener: { http2: false } });
+  });
+  afterAll(async () => {
+    await h.close();
+  });
+
+  it('offers HTTP/1.1 alone: a client that asks for h2 and http/1.1 gets http/1.1, an h2-only client is refused', async () => {
+    const alpn = (protocols: string[]): Promise<string | false | Error> =>
+      new Promise((resolve) => {
+        const c = tls.connect({
+          ...h.client,
+          port: h.port,
+          host: '127.0.0.1',
+          servername: 'localhost',
+          ALPNProtocols: protocols,
+        });
+        c.once('secureConnect', () => {
+          resolve(c.alpnProtocol);
+          c.destroy();
+        });
+        c.once('error', (err) => resolve(err));
+      });
+    expect(await alpn(['h2', 'http/1.1'])).toBe('http/1.1');
+    const refused = await alpn(['h2']);
+    expect(refused).toBeInstanceOf(Error);
+    expect(String((refused as Error).message)).toMatch(/no application protocol|alert number 120/i);
+    expect((await request(`${h.url}/h1`, h.client)).status).toBe(200);
   });
 });
