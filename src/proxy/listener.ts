@@ -113,13 +113,20 @@ export class InboundListener implements ConnectionSink {
       this.h2 = http2.createServer(
         {
           maxSessionMemory: 16,
-          settings: { maxConcurrentStreams: 128, maxHeaderListSize: limits.maxHeaderSize },
+          settings: {
+            maxConcurrentStreams: 128,
+            maxHeaderListSize: limits.maxHeaderSize,
+            // RFC 8441: WebSocket over HTTP/2 (extended CONNECT), checked like any request (onH2Connect).
+            enableConnectProtocol: true,
+          },
           maxHeaderListPairs: 256,
         },
         onH2Request,
       );
       (this.h2 as http2.Http2Server & Tagged)[kListener] = this;
       this.h2.on('session', onH2Session);
+      this.h2.on('connect', onH2Connect);
+      this.h2.on('timeout', onH2Timeout);
       this.h2.setTimeout(limits.keepAliveTimeout);
     } else {
       this.h2 = null;
@@ -294,6 +301,43 @@ function onH2Request(
   );
 }
 
+/**
+ * An HTTP/2 CONNECT. With `:protocol: websocket` (RFC 8441) it is a WebSocket: authorized as the
+ * GET it stands for, then tunnelled (tunnel.ts). Any other protocol is refused like an HTTP/1.1
+ * upgrade other than WebSocket, and a plain CONNECT (a TCP tunnel) like an HTTP/1.1 CONNECT.
+ */
+function onH2Connect(
+  this: http2.Http2Server & Tagged,
+  req: http2.Http2ServerRequest,
+  res: http2.Http2ServerResponse,
+): void {
+  const listener = this[kListener] as InboundListener;
+  listener.stats.requests++;
+  const protocol = req.headers[':protocol'];
+  const rs = new RequestStream(
+    listener.plan,
+    req as unknown as http.IncomingMessage,
+    res as unknown as http.ServerResponse,
+    protocol === 'websocket',
+  );
+  (res as unknown as { [kStream]?: RequestStream })[kStream] = rs;
+  res.once('close', onResponseClose);
+  if (protocol === undefined) rs.answer(REPLIES.methodNotAllowed);
+  else if (protocol !== 'websocket') rs.answer(REPLIES.upgradeRefused);
+  else rs.run(0);
+}
+
+/**
+ * A session idle for keepAliveTimeout. Node would destroy it, open streams and all; a session that
+ * carries a WebSocket or a long gRPC stream is not idle in that sense (each tunnel has its own idle
+ * timeout), so only a session with nothing open is closed (GOAWAY).
+ */
+function onH2Timeout(session: http2.ServerHttp2Session): void {
+  const conn = connectionOf(session.socket);
+  if (conn !== null && conn.exchanges > 0) return;
+  session.close();
+}
+
 function onH2Session(this: http2.Http2Server & Tagged, session: http2.ServerHttp2Session): void {
   const listener = this[kListener] as InboundListener;
   listener.trackSession(session);
@@ -380,6 +424,7 @@ function startRequest(
 function onResponseClose(this: http.ServerResponse & { [kStream]?: RequestStream }): void {
   const rs = this[kStream] as RequestStream;
   rs.closed = true;
+  rs.connection.exchanges--;
   abortUpstream(this);
   rs.plan.observer.finished(rs);
 }

@@ -56,6 +56,8 @@ export interface TunnelClosed {
 /** The publishing side: one per proxy; the stages and listeners call it, it publishes. */
 export class RequestObserver {
   finished(rs: RequestStream): void {
+    if (rs.published) return;
+    rs.published = true;
     const reply = rs.reply;
     rs.deny = reply?.deny === true;
     rs.decisionReason = reasonOf(rs, rs.plan.authorized);

@@ -41,12 +41,26 @@ export class RequestStream implements ForwardedFor {
   expectContinue: boolean;
   /** For an `Upgrade` request: the bytes that came after its head (the start of the tunnel); else null. */
   upgradeHead: Buffer | null;
+  /** A WebSocket over HTTP/2 (RFC 8441 extended CONNECT): a tunnel on this stream once allowed. */
+  readonly extendedConnect: boolean;
+  /** The outcome was published (a tunnel publishes at its opening, not again when it closes). */
+  published: boolean;
 
-  constructor(plan: ListenerPlan, req: IncomingMessage, res: ServerResponse) {
+  /**
+   * `extendedConnect`: an HTTP/2 `CONNECT` with `:protocol: websocket`, which is authorized as the
+   * `GET` it stands for (RFC 8441 §5; what Envoy's policies see too), so one policy covers
+   * WebSocket over either HTTP version.
+   */
+  constructor(plan: ListenerPlan, req: IncomingMessage, res: ServerResponse, extendedConnect = false) {
     const conn = connectionOf(req.socket) ?? new Connection(req.socket as Socket, null, '');
     const attrs = requestAttributes(
       conn,
-      { method: req.method ?? '', target: req.url ?? '', headers: req.headers, httpVersion: req.httpVersion },
+      {
+        method: extendedConnect ? 'GET' : (req.method ?? ''),
+        target: req.url ?? '',
+        headers: req.headers,
+        httpVersion: req.httpVersion,
+      },
       plan.settings,
       Date.now(),
     );
@@ -62,6 +76,7 @@ export class RequestStream implements ForwardedFor {
     );
     this.connection = conn;
     conn.lastResponse = res;
+    conn.exchanges++;
     this.startTime = performance.now();
     this.reply = null;
     this.closed = false;
@@ -72,6 +87,8 @@ export class RequestStream implements ForwardedFor {
     this.upstreamStatus = 0;
     this.expectContinue = false;
     this.upgradeHead = null;
+    this.extendedConnect = extendedConnect;
+    this.published = false;
   }
 
   get attrs(): Attributes {
@@ -143,7 +160,7 @@ export class RequestStream implements ForwardedFor {
     this.applyResponseHeaders();
     // undici sends origin-form targets only; the asterisk form is answered here (after the stages).
     if (ctx.forwardTarget === '*') this.answer(REPLIES.optionsAsterisk);
-    else if (this.upgradeHead !== null) openTunnel(this);
+    else if (this.upgradeHead !== null || this.extendedConnect) openTunnel(this);
     else this.plan.upstream.forward(this);
   }
 

@@ -30,7 +30,7 @@ export function forwardingHeaders(rs: RequestStream): string[] {
  * An HTTP/2 request forwarded as HTTP/1.1 (RFC 9113 §8.2.3, §8.3.1): the authority becomes Host
  * (the one authorized), and cookie fields, which HTTP/2 may split, are joined into one.
  */
-function fromHttp2(headers: string[], rs: RequestStream): void {
+export function fromHttp2(headers: string[], rs: RequestStream): void {
   let hasHost = false;
   let w = 0;
   for (let i = 0; i + 1 < headers.length; i += 2) {

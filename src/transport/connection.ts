@@ -23,6 +23,8 @@ export class Connection implements ConnectionFacts {
   readonly peer: PeerIdentity | null;
   /** The XFCC element for the peer (`By=…;Hash=…;URI=…`), or ''. */
   readonly xfcc: string;
+  /** Requests or HTTP/2 streams (tunnels included) begun on this connection and not yet closed. */
+  exchanges: number;
   /** The response of the latest request on this connection (HTTP/1.1), or null before the first. */
   lastResponse: { readonly headersSent: boolean; readonly writableFinished: boolean } | null;
 
@@ -39,6 +41,7 @@ export class Connection implements ConnectionFacts {
     this.peerNamespace = peer === null ? '' : peer.spiffeId.namespace;
     this.peer = peer;
     this.xfcc = xfcc;
+    this.exchanges = 0;
     this.lastResponse = null;
   }
 }

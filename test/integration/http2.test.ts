@@ -335,7 +335,7 @@ describe('a listener with http2: false', () => {
           ALPNProtocols: protocols,
         });
         c.once('secureConnect', () => {
-          resolve(c.alpnProtocol);
+          resolve(c.alpnProtocol ?? false);
           c.destroy();
         });
         c.once('error', (err) => resolve(err));

@@ -1,9 +1,8 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import WebSocket, { WebSocketServer } from 'ws';
+import WebSocket from 'ws';
 import { type Harness, startHarness } from '../helpers/harness.js';
 import {
   ISSUER,
@@ -15,6 +14,7 @@ import {
 } from '../helpers/jwks.js';
 import { rawExchange } from '../helpers/raw.js';
 import { until } from '../helpers/wait.js';
+import { EchoWsUpstream } from '../helpers/ws.js';
 
 /**
  * WebSocket through the proxy with the `ws` package on both ends: the upgrade request passes every
@@ -33,43 +33,6 @@ spec:
       from: [{ source: { notRequestPrincipals: ["*"] } }]
 ---
 ${requestAuthentication([{ issuer: ISSUER, jwksUri, audiences: ['api'] }])}`;
-
-/** A real WebSocket server upstream: echoes messages, remembers the upgrade request it got. */
-class EchoWsUpstream {
-  readonly server = http.createServer((_req, res) => {
-    res.writeHead(426, { 'content-type': 'text/plain' });
-    res.end('upgrade required');
-  });
-  readonly wss = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024 * 1024 });
-  readonly upgrades: http.IncomingMessage[] = [];
-  readonly sockets: WebSocket[] = [];
-
-  constructor() {
-    this.server.on('upgrade', (req, socket, head) => {
-      this.upgrades.push(req);
-      if (req.url === '/refuse') {
-        socket.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\nConnection: close\r\n\r\nno, no.');
-        return;
-      }
-      this.wss.handleUpgrade(req, socket, head, (ws) => {
-        this.sockets.push(ws);
-        ws.on('message', (data, binary) => ws.send(data, { binary }));
-      });
-    });
-  }
-
-  async listen(): Promise<string> {
-    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
-    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
-  }
-
-  async close(): Promise<void> {
-    for (const s of this.sockets) s.terminate();
-    this.wss.close();
-    this.server.closeAllConnections();
-    await new Promise((r) => this.server.close(r));
-  }
-}
 
 describe('WebSocket through Portcullis', () => {
   let h: Harness;
