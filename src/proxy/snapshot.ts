@@ -38,26 +38,18 @@ export class Snapshot {
   /** XFCC `By=` value: the proxy's own SPIFFE ID. */
   readonly xfccBy: string;
 
-  constructor(
-    generation: number,
-    config: Config,
-    credentials: Credentials,
-    bundles: TrustBundleSet,
-    policies: PolicySet,
-    peerAuthn: ReadonlyMap<string, PeerAuthnDecision>,
-    jwtRules: readonly JwtRule[],
-    authorizer: Authorizer,
-    rego: ReadonlyMap<string, RegoEngine>,
-  ) {
-    this.generation = generation;
-    this.config = config;
+  constructor(init: SnapshotInit) {
+    const credentials = init.credentials;
+    const bundles = init.bundles;
+    this.generation = init.generation;
+    this.config = init.config;
     this.credentials = credentials;
     this.bundles = bundles;
-    this.policies = policies;
-    this.peerAuthn = peerAuthn;
-    this.jwtRules = jwtRules;
-    this.authorizer = authorizer;
-    this.rego = rego;
+    this.policies = init.policies;
+    this.peerAuthn = init.peerAuthn;
+    this.jwtRules = init.jwtRules;
+    this.authorizer = init.authorizer;
+    this.rego = init.rego;
     this.tlsOptions = {
       cert: credentials.certPem,
       key: credentials.keyPem,
@@ -83,6 +75,20 @@ export class Snapshot {
     ];
   }
 }
+
+/** What a snapshot is made of (the derived TLS options and XFCC name are computed from it). */
+export type SnapshotInit = Pick<
+  Snapshot,
+  | 'generation'
+  | 'config'
+  | 'credentials'
+  | 'bundles'
+  | 'policies'
+  | 'peerAuthn'
+  | 'jwtRules'
+  | 'authorizer'
+  | 'rego'
+>;
 
 /** Loads a snapshot; throws ConfigError listing every problem (file, field, message). */
 export function loadSnapshot(config: Config, generation: number, log?: Logger): Snapshot {
@@ -205,15 +211,15 @@ export function loadSnapshot(config: Config, generation: number, log?: Logger): 
     }
   });
   if (issues.length > 0) throw new ConfigError('ERR_CONFIG_INVALID', issues);
-  return new Snapshot(
+  return new Snapshot({
     generation,
     config,
     credentials,
-    bundleSet,
+    bundles: bundleSet,
     policies,
     peerAuthn,
     jwtRules,
     authorizer,
     rego,
-  );
+  });
 }
