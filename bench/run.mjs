@@ -17,6 +17,7 @@ import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { stringify } from 'yaml';
 import { createCa, issueSvid } from '../dist/index.js';
 import { grpcLoad } from './grpc-load.mjs';
+import { h2Load } from './h2-load.mjs';
 import { haproxyTarget } from './haproxy.mjs';
 import { opaTestModule, tarGz } from './opa-test-module.mjs';
 import { policiesYaml } from './policies.mjs';
@@ -397,6 +398,36 @@ for (let round = 1; round <= ROUNDS; round++) {
   );
 }
 
+// HTTP/2 requests (not gRPC): the same request and checks as the HTTP/1.1 targets, over mTLS h2
+// to Portcullis (HTTP/1.1 to the upstream), next to a bare HTTP/2 server that verifies the client
+// certificate and answers at once (the driver's own cost), all driven by one node:http2 driver.
+const h2Port = await startProcess('h2-upstream', 'h2-upstream.mjs', [
+  files['api.pem'],
+  files['api.key'],
+  files['ca.pem'],
+]);
+const h2Tls = { ...tlsClient, servername: 'localhost' };
+const H2_TARGETS = [
+  ['bare HTTP/2 server (mTLS, no checks)', h2Port, {}],
+  ['Portcullis mTLS only', portcullis.mtls, {}],
+  ['Portcullis everything (RS256, audit)', portcullis.full, { authorization: `Bearer ${tokens.rs}` }],
+];
+const h2Runs = Object.fromEntries(H2_TARGETS.map(([name]) => [name, []]));
+for (let round = 1; round <= ROUNDS; round++) {
+  for (const [name, port, headers] of H2_TARGETS) {
+    const r = await h2Load(`https://localhost:${port}`, h2Tls, {
+      seconds: DURATION,
+      concurrency: CONNECTIONS,
+      path: PATH,
+      headers,
+    });
+    h2Runs[name].push(r);
+    log(
+      `  round ${round}/${ROUNDS}  HTTP/2 ${name.padEnd(38)} ${String(r.reqPerSec).padStart(7)} req/s  p99 ${r.p99.toFixed(1)} ms  errors ${r.errors}  non-2xx ${r.non2xx}`,
+    );
+  }
+}
+
 // ---------- report ----------
 const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const rows = timed.map((t) => {
@@ -479,13 +510,20 @@ const grpcTable = [
   grpcRow('service directly (h2c)', grpcRuns.direct),
   grpcRow('through Portcullis (mTLS h2 in, SPIFFE, policy, h2c out)', grpcRuns.portcullis),
 ].join('\n');
+const h2Row = (name, runs) =>
+  `| ${name} | ${Math.round(mean(runs.map((r) => r.reqPerSec)))} | ${Math.min(...runs.map((r) => r.reqPerSec))}–${Math.max(...runs.map((r) => r.reqPerSec))} | ${mean(runs.map((r) => r.p50)).toFixed(2)} | ${mean(runs.map((r) => r.p99)).toFixed(2)} | ${runs.reduce((a, r) => a + r.errors + r.non2xx, 0)} |`;
+const h2Table = [
+  `| HTTP/2 (${CONNECTIONS} streams in flight over 4 connections, node:http2) | req/s | range over rounds | p50 ms | p99 ms | errors + non-2xx |`,
+  '|---|---:|---:|---:|---:|---:|',
+  ...Object.entries(h2Runs).map(([name, runs]) => h2Row(name, runs)),
+].join('\n');
 const noise =
   ROUNDS > 1
     ? `Each ratio is the mean over ${ROUNDS} interleaved rounds; the range gives each round's ratio.`
     : 'One round only (--quick): there is no spread to report, and on a shared 2-core machine a ratio can move by ±15 % or more from one run to the next. Use the full run (3 rounds) for figures to quote.';
 const cpu = cpus()[0]?.model ?? 'unknown CPU';
 const machine = `${cpus().length} × ${cpu}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`;
-console.log(`\n${table}\n\n${ratioTable}\n\n${grpcTable}\n\n${noise}\n`);
+console.log(`\n${table}\n\n${ratioTable}\n\n${grpcTable}\n\n${h2Table}\n\n${noise}\n`);
 console.log(`machine: ${machine}`);
 for (const t of selected.filter((x) => x.excluded)) console.log(`not compared: ${t.name} (${t.excluded})`);
 
@@ -500,6 +538,7 @@ const report = {
   ratios,
   fixedRate: fixed,
   grpc: grpcRuns,
+  http2: h2Runs,
   haproxy: hap.note,
   excluded: selected.filter((x) => x.excluded).map((x) => ({ target: x.name, why: x.excluded })),
 };
@@ -513,7 +552,7 @@ writeFileSync(join(resultsDir, 'latest.json'), `${JSON.stringify(report, null, 2
 writeSvg(join(resultsDir, 'latest.svg'), report);
 writeFileSync(
   join(resultsDir, 'latest.md'),
-  `${report.mode} run, ${report.time}: ${ROUNDS} round(s) × ${DURATION} s per target, ${CONNECTIONS} connections, interleaved\n\n${table}\n\n${ratioTable}\n\n${grpcTable}\n\n${noise}\n\nmachine: ${machine}\n`,
+  `${report.mode} run, ${report.time}: ${ROUNDS} round(s) × ${DURATION} s per target, ${CONNECTIONS} connections, interleaved\n\n${table}\n\n${ratioTable}\n\n${grpcTable}\n\n${h2Table}\n\n${noise}\n\nmachine: ${machine}\n`,
 );
 log(`\nwrote ${shown}/${stamp}.json, latest.json, latest.svg, latest.md`);
 
