@@ -53,7 +53,7 @@ Options:
   --jwt-claims JSON             claims of a verified token; iss/sub give the request principal
   --request-principal ISS/SUB   request principal, if not derived from --jwt-claims
   --source-ip IP                the direct peer's address (default 127.0.0.1)
-  --remote-ip IP                remote.ip (default: the source IP)
+  --remote-ip IP                remote.ip, as X-Forwarded-For through a trusted hop gives it (default: the source IP)
   --sni NAME                    TLS SNI
   --explain                     for every policy, why each rule matched or did not
 
