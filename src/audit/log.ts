@@ -42,6 +42,8 @@ export interface AuditedRequest {
   readonly status: number;
   /** The whole response was written. */
   readonly completed: boolean;
+  /** Outbound: the destination and the SPIFFE ID its server presented; null inbound. */
+  readonly route: { readonly host: string; readonly upstream: string; readonly presented: string } | null;
 }
 
 function round(n: number, digits: number): number {
@@ -70,6 +72,7 @@ export class AuditLog {
   recordRequest(
     r: AuditedRequest,
     listener: string,
+    direction: 'inbound' | 'outbound',
     authorized: boolean,
     deny: boolean,
     reason: string,
@@ -95,6 +98,7 @@ export class AuditLog {
       time: new Date(a.time).toISOString(),
       requestId: a.requestId,
       listener,
+      direction,
       decision: deny ? 'deny' : 'allow',
       status: r.status,
       grpcStatus: isGrpcCall(a.headers['content-type']) ? (r.reply?.grpcStatus ?? null) : undefined,
@@ -120,6 +124,10 @@ export class AuditLog {
         principal: a.requestPrincipal,
         headers,
       },
+      destination:
+        r.route === null
+          ? undefined
+          : { host: r.route.host, upstream: r.route.upstream, principal: r.route.presented },
       upstream:
         r.upstreamStart === 0
           ? null

@@ -233,6 +233,27 @@ async function cmdValidate(args: string[], out: Out): Promise<number> {
       `  listener ${l.name}: ${formatHostPort(l.address)} -> ${l.upstream}, mTLS ${pa?.mode} (${pa?.source})${rego === undefined ? '' : `, then Rego ${rego.entrypoint}`}`,
     );
   }
+  const o = config.outbound;
+  if (o !== null) {
+    out(
+      `  outbound: ${formatHostPort(o.address)} (plain HTTP from the app), ${o.policy === 'REGISTRY_ONLY' ? 'unlisted hosts refused' : 'unlisted hosts passed through in plain HTTP'}`,
+    );
+    for (const d of o.destinations) {
+      const who = [...d.identities, ...d.trustDomains.map((td) => `any workload of ${td}`)].join(', ');
+      out(`    ${d.host} -> ${d.upstream} (mTLS; the server must be ${who})`);
+      for (const td of d.trustDomains) {
+        if (!snap.bundles.domains.includes(td))
+          out(
+            `  warning: outbound ${d.host}: no bundle for trust domain ${td}, so no server of it can be verified`,
+          );
+      }
+      for (const id of d.identities) {
+        const td = id.slice('spiffe://'.length).split('/')[0] ?? '';
+        if (!snap.bundles.domains.includes(td))
+          out(`  warning: outbound ${d.host}: no bundle for trust domain ${td}, so ${id} cannot be verified`);
+      }
+    }
+  }
   if (config.admin !== null) out(`  admin: ${formatHostPort(config.admin.address)}`);
   for (const w of policyWarnings(snap, config)) out(`  warning: ${w}`);
   return 0;

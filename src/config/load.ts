@@ -52,6 +52,27 @@ export interface ListenerConfig {
   readonly limits: Limits;
 }
 
+/** One registered outbound destination. */
+export interface OutboundDestination {
+  /** Lowercase host as the app names it, with a port only when one was given. */
+  readonly host: string;
+  /** Where to connect: an https:// origin. */
+  readonly upstream: string;
+  /** SPIFFE IDs the server may present (secure naming). */
+  readonly identities: readonly string[];
+  /** Trust domains any of whose workloads may answer. */
+  readonly trustDomains: readonly string[];
+  /** SNI sent, or null: the destination's host name (none for an IP address). */
+  readonly sni: string | null;
+}
+
+export interface OutboundConfig {
+  readonly address: HostPort;
+  readonly policy: 'REGISTRY_ONLY' | 'ALLOW_ANY';
+  readonly destinations: readonly OutboundDestination[];
+  readonly limits: Limits;
+}
+
 /** A loaded config: validated, defaults applied, every path absolute. */
 export interface Config {
   /** The file it came from (or a label such as `<inline>`), for messages. */
@@ -69,6 +90,7 @@ export interface Config {
     readonly bundles: Readonly<Record<string, string>>;
   };
   readonly listeners: readonly ListenerConfig[];
+  readonly outbound: OutboundConfig | null;
   readonly policies: readonly string[];
   readonly admin: { readonly address: HostPort } | null;
   readonly shutdown: { readonly drainTimeout: number };
@@ -121,6 +143,11 @@ function mergeLimits(...layers: (LimitsInput | undefined)[]): Limits {
     for (const [k, v] of Object.entries(layer)) if (v !== undefined) out[k] = v;
   }
   return out as unknown as Limits;
+}
+
+/** 127.0.0.0/8, ::1 and localhost: addresses only this machine can reach. */
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
 }
 
 function defaultPort(origin: string): number {
@@ -212,6 +239,43 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
       headersToDownstreamOnDeny: x.headersToDownstreamOnDeny.map((h) => h.toLowerCase()),
     });
   });
+  const o = c.outbound;
+  if (o !== undefined) {
+    if (!isLoopback(o.address.host)) {
+      issues.push({
+        file,
+        field: 'outbound.address',
+        message: `${formatHostPort(o.address)} is not a loopback address: whoever reaches the outbound listener calls other services with this workload's identity, so it listens on 127.0.0.1 or [::1] only`,
+      });
+    }
+    if (o.address.port !== 0 && addresses.has(formatHostPort(o.address)))
+      issues.push({
+        file,
+        field: 'outbound.address',
+        message: 'the outbound address is also a listener address',
+      });
+    const hosts = new Map<string, number>();
+    o.destinations.forEach((d, i) => {
+      const at = `outbound.destinations[${i}]`;
+      const prev = hosts.get(d.host);
+      if (prev !== undefined)
+        issues.push({
+          file,
+          field: `${at}.host`,
+          message: `"${d.host}" is already outbound.destinations[${prev}]`,
+        });
+      hosts.set(d.host, i);
+      if (!d.upstream.startsWith('https://')) {
+        issues.push({
+          file,
+          field: `${at}.upstream`,
+          message: `${d.upstream}: a registered destination is called with mTLS, so its upstream is https://`,
+        });
+      }
+    });
+    if (o.limits !== undefined)
+      timeoutProblem(mergeLimits(c.limits, o.limits), 'outbound.limits.headersTimeout');
+  }
   if (c.admin !== undefined && c.admin.address.port !== 0 && addresses.has(formatHostPort(c.admin.address))) {
     issues.push({ file, field: 'admin.address', message: 'the admin address is also a listener address' });
   }
@@ -244,6 +308,21 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
       upstreamProtocol: l.upstreamProtocol,
       limits: mergeLimits(c.limits, l.limits),
     })),
+    outbound:
+      o === undefined
+        ? null
+        : {
+            address: o.address,
+            policy: o.policy,
+            destinations: o.destinations.map((d) => ({
+              host: d.host,
+              upstream: d.upstream,
+              identities: d.identities,
+              trustDomains: d.trustDomains,
+              sni: d.sni ?? null,
+            })),
+            limits: mergeLimits(c.limits, o.limits),
+          },
     policies: c.policies.map(abs),
     admin: c.admin ?? null,
     shutdown: c.shutdown,

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { trustDomainProblem } from '../identity/spiffe-id.js';
+import { spiffeIdProblem, trustDomainProblem } from '../identity/spiffe-id.js';
 import { type HostPort, parseHostPort } from './address.js';
 import { parseDuration } from './duration.js';
 
@@ -71,6 +71,24 @@ const upstream = z.string().transform((v, ctx) => {
 });
 
 const port = z.number().int().min(1).max(65535);
+
+const spiffeId = z.string().superRefine((v, ctx) => {
+  const problem = spiffeIdProblem(v);
+  if (problem !== null) ctx.addIssue({ code: 'custom', message: `invalid SPIFFE ID "${v}": ${problem}` });
+});
+
+/** A destination host as the app names it: a DNS name or IP literal, lowercase, with an optional port. */
+const destinationHost = z
+  .string()
+  .transform((v) => v.toLowerCase())
+  .superRefine((v, ctx) => {
+    if (!/^(?:\[[0-9a-f:.]+\]|[a-z0-9_](?:[a-z0-9_.-]{0,251}[a-z0-9_])?)(?::\d{1,5})?$/.test(v)) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `"${v}" is not a host name or IP address with an optional port (e.g. billing.default.svc or billing:8080)`,
+      });
+    }
+  });
 
 /** Headers whose values are secrets: the audit log refuses to record them. */
 const CREDENTIAL_HEADERS: ReadonlySet<string> = new Set([
@@ -170,6 +188,36 @@ export const configSchema = z.strictObject({
       }),
     )
     .min(1, 'at least one listener is needed'),
+  /**
+   * The outbound (egress) listener: the app sends plain HTTP here (as to an HTTP proxy, or with the
+   * destination's Host), and Portcullis calls the destination with mTLS and secure naming.
+   */
+  outbound: z
+    .strictObject({
+      address: hostPort.default(parseHostPort('127.0.0.1:15001') as HostPort),
+      /** Hosts not listed: REGISTRY_ONLY refuses them; ALLOW_ANY passes them through in plain HTTP. */
+      policy: z.enum(['REGISTRY_ONLY', 'ALLOW_ANY']).default('REGISTRY_ONLY'),
+      destinations: z
+        .array(
+          z
+            .strictObject({
+              host: destinationHost,
+              upstream,
+              /** Secure naming: the SPIFFE IDs the destination's server may present. */
+              identities: z.array(spiffeId).default([]),
+              /** Or any workload of these trust domains (federation). */
+              trustDomains: z.array(trustDomain).default([]),
+              sni: z.string().min(1).optional(),
+            })
+            .refine((d) => d.identities.length > 0 || d.trustDomains.length > 0, {
+              message:
+                'a destination needs identities (the SPIFFE IDs its server may present) or trustDomains: without them any workload could answer for it',
+            }),
+        )
+        .default([]),
+      limits: limitsSchema.optional(),
+    })
+    .optional(),
   policies: z.array(z.string().min(1)).default([]),
   admin: z.strictObject({ address: hostPort }).optional(),
   limits: limitsSchema.default({}),

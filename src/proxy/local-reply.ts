@@ -126,6 +126,51 @@ export const REPLIES = {
   requestTimeout: new LocalReply(408, 'request-timeout', '', { deny: true }),
   headerTooLarge: new LocalReply(431, 'header-too-large', '', { deny: true }),
   methodNotAllowed: new LocalReply(405, 'method-not-allowed', '', { deny: true }),
+  // The outbound listener (the app's calls out).
+  /** REGISTRY_ONLY and a host no destination names (Istio answers such calls 502 from its BlackHole). */
+  outboundUnregistered: new LocalReply(
+    502,
+    'destination-not-registered',
+    'outbound: the destination is not registered (outbound.destinations) and the policy is REGISTRY_ONLY',
+    { deny: true },
+  ),
+  /** Secure naming: the server proved an identity, but not one the destination may have. */
+  serverIdentityMismatch: new LocalReply(
+    503,
+    'server-identity-mismatch',
+    'upstream connect error or disconnect/reset before headers. reset reason: server identity mismatch',
+    { deny: true },
+  ),
+  /** The server's certificate is not an X.509-SVID of a trusted domain (or TLS failed on it). */
+  serverUntrusted: new LocalReply(
+    503,
+    'server-untrusted',
+    'upstream connect error or disconnect/reset before headers. reset reason: server certificate not trusted',
+    { deny: true },
+  ),
+  /** An https:// request target: the app is to send plain HTTP and leave TLS to the sidecar. */
+  outboundTlsTarget: new LocalReply(
+    400,
+    'outbound-https-target',
+    'Bad Request: send http:// to the outbound proxy; Portcullis calls the destination with mTLS',
+    { deny: true, headers: { connection: 'close' } },
+  ),
+  /** An upgrade (WebSocket) at the outbound listener: not proxied outbound yet. */
+  outboundUpgrade: new LocalReply(
+    400,
+    'upgrade-refused',
+    'Bad Request: upgrades (WebSocket) are not proxied outbound',
+    {
+      deny: true,
+    },
+  ),
+  /** CONNECT at the outbound listener: it forwards HTTP, it opens no tunnels. */
+  outboundConnect: new LocalReply(
+    405,
+    'method-not-allowed',
+    'CONNECT is not supported by the outbound proxy: send plain HTTP (http:// URLs, as HTTP_PROXY does); Portcullis adds mTLS',
+    { deny: true, headers: { connection: 'close' } },
+  ),
 } as const;
 
 /** `challenge` is the WWW-Authenticate value for replies that carry one, else ''. */

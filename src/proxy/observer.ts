@@ -152,7 +152,15 @@ export class ObservabilitySubscriber {
       authorized ? rs.authzMs * 1000 : 0,
       upstream,
     );
-    this.audit?.recordRequest(rs, listener, authorized, rs.deny, rs.decisionReason, plan.tokenParams);
+    this.audit?.recordRequest(
+      rs,
+      listener,
+      plan.direction,
+      authorized,
+      rs.deny,
+      rs.decisionReason,
+      plan.tokenParams,
+    );
   }
 
   private refused(m: RequestRefused): void {

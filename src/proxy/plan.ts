@@ -1,11 +1,14 @@
+import type { Logger } from 'pino';
 import type { EffectiveMode } from '../authn/peer-authn.js';
 import type { AttributeSettings } from '../authz/attributes.js';
+import type { Limits } from '../config/load.js';
+import type { LogLimiter } from '../transport/log-limit.js';
 import type { RequestContext } from './context.js';
 import type { PinnedHeaders } from './headers.js';
 import type { LocalReply } from './local-reply.js';
 import type { RequestObserver } from './observer.js';
 import type { Snapshot } from './snapshot.js';
-import type { Upstream } from './upstream.js';
+import type { RequestStream } from './stream.js';
 
 /** A stage either lets the request continue (null) or answers it (a local reply). */
 export type StageResult = LocalReply | null;
@@ -21,6 +24,23 @@ export interface Stage {
   run(ctx: RequestContext): StageResult | Promise<StageResult>;
 }
 
+/**
+ * Where allowed requests go (DESIGN: forwarding is per protocol behind one interface): the
+ * inbound upstream (HTTP/1.1 or HTTP/2), or the outbound destinations (mTLS with secure naming).
+ */
+export interface Forwarder {
+  /** The upstream origin, for logs (`outbound` for the outbound forwarder). */
+  readonly origin: string;
+  readonly limits: Limits;
+  /** Upstream failures come one per request while it is down: one line per error code per 10 s. */
+  readonly logLimit: LogLimiter;
+  readonly logger: Logger;
+  forward(rs: RequestStream): void;
+  /** The reply for a failure before response headers. */
+  replyFor(err: Error & { code?: string }): LocalReply;
+  close(): Promise<void>;
+}
+
 /** What one listener does with requests under one snapshot; rebuilt when the snapshot changes. */
 export class ListenerPlan {
   readonly snapshot: Snapshot;
@@ -28,10 +48,12 @@ export class ListenerPlan {
   /** Which policy set the mode, for logs. */
   readonly modeSource: string;
   readonly stages: readonly Stage[];
-  readonly upstream: Upstream;
+  readonly upstream: Forwarder;
   /** How heads become attributes here: workload port (destination.port), path normalization, trusted hops. */
   readonly settings: AttributeSettings;
   readonly listenerName: string;
+  /** Requests from clients to this workload (inbound), or from this workload out (outbound). */
+  readonly direction: 'inbound' | 'outbound';
   /** Whether an authorization stage is in the plan (some AuthorizationPolicy applies). */
   readonly authorized: boolean;
   readonly observer: RequestObserver;
@@ -50,6 +72,7 @@ export class ListenerPlan {
     this.upstream = init.upstream;
     this.settings = init.settings;
     this.listenerName = init.listenerName;
+    this.direction = init.direction;
     this.authorized = init.authorized;
     this.observer = init.observer;
     this.pinned = init.pinned;

@@ -12,6 +12,7 @@ import { ConfigError, errorMessage } from '../errors.js';
 import { PinnedHeaders } from './headers.js';
 import { InboundListener } from './listener.js';
 import { ObservabilitySubscriber, RequestObserver } from './observer.js';
+import { OutboundForwarder, OutboundListener } from './outbound.js';
 import { ListenerPlan, type Stage } from './plan.js';
 import { loadSnapshot, type Snapshot } from './snapshot.js';
 import { AuthzStage, CustomAuthzStage } from './stages/authz.js';
@@ -57,6 +58,9 @@ export class Portcullis implements AdminStatus {
   readonly config: Config;
   readonly log: Logger;
   readonly listeners: InboundListener[] = [];
+  /** The outbound listener and its forwarder, when the config has `outbound`. */
+  outbound: OutboundListener | null = null;
+  private outboundForwarder: OutboundForwarder | null = null;
   snapshot: Snapshot;
   private admin: AdminServer | null = null;
   private watcher: FolderWatcher | null = null;
@@ -108,8 +112,21 @@ export class Portcullis implements AdminStatus {
     try {
       const plans = p.buildPlans(snapshot);
       config.listeners.forEach((lc, i) => {
-        p.listeners.push(new InboundListener(lc, plans[i] as ListenerPlan, log));
+        p.listeners.push(new InboundListener(lc, plans.inbound[i] as ListenerPlan, log));
       });
+      if (config.outbound !== null && plans.outbound !== null) {
+        p.outbound = new OutboundListener(config.outbound, plans.outbound, log);
+        const addr = await p.outbound.listen();
+        log.info(
+          {
+            listener: 'outbound',
+            address: formatHostPort({ host: addr.address, port: addr.port }),
+            policy: config.outbound.policy,
+            destinations: config.outbound.destinations.map((d) => d.host),
+          },
+          'listening',
+        );
+      }
       for (const l of p.listeners) {
         const addr = await l.listen();
         const plan = l.plan;
@@ -144,7 +161,7 @@ export class Portcullis implements AdminStatus {
    * does not need are left out (no RequestAuthentication: no JWT stage). Throws if a stage cannot
    * be built, before anything is swapped in.
    */
-  private buildPlans(snapshot: Snapshot): ListenerPlan[] {
+  private buildPlans(snapshot: Snapshot): { inbound: ListenerPlan[]; outbound: ListenerPlan | null } {
     const jwt =
       snapshot.jwtRules.length === 0
         ? null
@@ -171,7 +188,41 @@ export class Portcullis implements AdminStatus {
     });
     // Key sets no rule refers to any more stop refreshing.
     this.jwks.retain(jwt?.sources ?? new Set<JwksSource>());
-    return this.config.listeners.map((lc) => this.plan(lc, snapshot, requestLine, jwt, authz, custom));
+    return {
+      inbound: this.config.listeners.map((lc) => this.plan(lc, snapshot, requestLine, jwt, authz, custom)),
+      outbound: this.outboundPlan(snapshot, requestLine),
+    };
+  }
+
+  /**
+   * The outbound plan: the request-line checks, then the outbound forwarder. No JWT or
+   * AuthorizationPolicy stage: those are inbound concepts (Istio applies them where a request
+   * arrives, here the destination's own sidecar).
+   */
+  private outboundPlan(snapshot: Snapshot, requestLine: RequestLineStage): ListenerPlan | null {
+    const oc = this.config.outbound;
+    if (oc === null) return null;
+    if (this.outboundForwarder === null)
+      this.outboundForwarder = new OutboundForwarder(oc, () => this.snapshot, this.log);
+    return new ListenerPlan({
+      snapshot,
+      mode: 'DISABLE',
+      modeSource: 'outbound (plain HTTP from the app on loopback)',
+      stages: [requestLine],
+      upstream: this.outboundForwarder,
+      settings: {
+        workloadPort: oc.address.port,
+        normalization: this.config.pathNormalization,
+        trustedProxies: 0,
+      },
+      listenerName: 'outbound',
+      direction: 'outbound',
+      authorized: false,
+      observer: this.observer,
+      pinned: new PinnedHeaders([], false),
+      tokenParams: new Set(['access_token']),
+      dropUnderscoreHeaders: this.config.headersWithUnderscores === 'drop',
+    });
   }
 
   private plan(
@@ -215,6 +266,7 @@ export class Portcullis implements AdminStatus {
         trustedProxies: this.config.trustedProxies,
       },
       listenerName: lc.name,
+      direction: 'inbound',
       authorized: authz !== null || rego !== undefined,
       observer: this.observer,
       pinned: new PinnedHeaders(pinned, rego !== undefined && regoHeaders === null),
@@ -240,7 +292,7 @@ export class Portcullis implements AdminStatus {
   reload(reason: string): boolean {
     if (this.closing) return false;
     let next: Snapshot;
-    let plans: ListenerPlan[];
+    let plans: { inbound: ListenerPlan[]; outbound: ListenerPlan | null };
     try {
       next = loadSnapshot(this.config, this.generation + 1, this.log);
       plans = this.buildPlans(next);
@@ -256,8 +308,9 @@ export class Portcullis implements AdminStatus {
     this.generation = next.generation;
     this.snapshot = next;
     this.listeners.forEach((l, i) => {
-      l.setPlan(plans[i] as ListenerPlan);
+      l.setPlan(plans.inbound[i] as ListenerPlan);
     });
+    if (plans.outbound !== null) this.outbound?.setPlan(plans.outbound);
     this.reloads++;
     this.log.info(
       {
@@ -308,6 +361,14 @@ export class Portcullis implements AdminStatus {
           lastError: s.lastError,
         })),
       },
+      outbound:
+        this.outbound === null || this.outboundForwarder === null
+          ? null
+          : {
+              address: formatHostPort(this.outbound.config.address),
+              policy: this.outbound.config.policy,
+              destinations: this.outboundForwarder.status(),
+            },
       listeners: this.listeners.map((l) => ({
         name: l.name,
         address: l.config.address,
@@ -334,6 +395,11 @@ export class Portcullis implements AdminStatus {
     return l.address();
   }
 
+  /** The outbound listener's address, or null without `outbound`. */
+  outboundAddress(): AddressInfo | null {
+    return this.outbound?.address() ?? null;
+  }
+
   adminAddress(): AddressInfo | null {
     return this.admin?.addressInfo() ?? null;
   }
@@ -347,8 +413,12 @@ export class Portcullis implements AdminStatus {
     this.closing = true;
     this.watcher?.close();
     const drain = this.config.shutdown.drainTimeout;
-    await Promise.all(this.listeners.map((l) => l.close(drain)));
-    await Promise.all([...this.upstreams.values()].map((u) => u.close().catch(() => undefined)));
+    await Promise.all([...this.listeners.map((l) => l.close(drain)), this.outbound?.close(drain)]);
+    await Promise.all(
+      [...this.upstreams.values(), ...(this.outboundForwarder === null ? [] : [this.outboundForwarder])].map(
+        (u) => u.close().catch(() => undefined),
+      ),
+    );
     // Connections cut at the drain deadline report their 'close' on the next turn: let those events
     // in, then stop listening. Audit events of the drained requests go out before exit, within a
     // time box (a sink that is down must not hold the shutdown forever).

@@ -9,6 +9,14 @@ import { LocalReply, REPLIES, sendLocalReply } from './local-reply.js';
 import type { ListenerPlan, StageResult } from './plan.js';
 import { openTunnel } from './tunnel.js';
 
+/** Where an outbound request went: the destination as the app named it, and the server it reached. */
+export interface OutboundRoute {
+  readonly host: string;
+  readonly upstream: string;
+  /** The SPIFFE ID the destination's server presented (most recently), or '' (none yet, or plain HTTP). */
+  readonly presented: string;
+}
+
 /**
  * One exchange — an HTTP/1.1 request, an HTTP/2 stream, a WebSocket upgrade — from its head to
  * the end of its response. It builds the attributes, drives the plan's stages over the request
@@ -45,6 +53,8 @@ export class RequestStream implements ForwardedFor {
   readonly extendedConnect: boolean;
   /** The outcome was published (a tunnel publishes at its opening, not again when it closes). */
   published: boolean;
+  /** Outbound requests: the destination chosen; null inbound (and before routing). */
+  route: OutboundRoute | null;
 
   /**
    * `extendedConnect`: an HTTP/2 `CONNECT` with `:protocol: websocket`, which is authorized as the
@@ -89,6 +99,7 @@ export class RequestStream implements ForwardedFor {
     this.upgradeHead = null;
     this.extendedConnect = extendedConnect;
     this.published = false;
+    this.route = null;
   }
 
   get attrs(): Attributes {

@@ -6,6 +6,7 @@ import type { Limits } from '../config/load.js';
 import { LogLimiter } from '../transport/log-limit.js';
 import { upstreamRequestHeaders, upstreamResponseHeaders } from './headers.js';
 import { declaresBody, type LocalReply, REPLIES, sendLocalReply } from './local-reply.js';
+import type { Forwarder } from './plan.js';
 import type { RequestStream } from './stream.js';
 import { abortH2Upstream, H2Upstream } from './upstream-h2.js';
 
@@ -74,7 +75,7 @@ export function replyForUpstreamError(err: Error & { code?: string }): LocalRepl
  * client's request is the upstream body, the client's response is the sink undici writes into —
  * so a multi-megabyte upload or download never sits in memory whole.
  */
-export class Upstream {
+export class Upstream implements Forwarder {
   readonly origin: string;
   readonly limits: Limits;
   /** Upstream failures come one per request while it is down: one line per error code per 10 s. */
@@ -110,18 +111,11 @@ export class Upstream {
       return;
     }
     if (rs.req.httpVersionMajor === 2) fromHttp2(headers, rs);
-    rs.upstreamStart = performance.now();
-    // undici's dispatch with a handler object: the response goes straight from the upstream's
-    // parser into the client's response, without the stream wrappers of request()/stream().
-    this.pool.dispatch(
-      {
-        path: rs.ctx.forwardTarget,
-        method: rs.attrs.method as Dispatcher.HttpMethod,
-        headers,
-        body: hasBody(rs) ? rs.req : null,
-      },
-      new Exchange(rs),
-    );
+    dispatchTo(this.pool, rs, headers, undefined);
+  }
+
+  replyFor(err: Error & { code?: string }): LocalReply {
+    return replyForUpstreamError(err);
   }
 
   /** Lets in-flight requests finish, then closes upstream connections. */
@@ -132,6 +126,30 @@ export class Upstream {
   get logger(): Logger {
     return this.log;
   }
+}
+
+/**
+ * Sends an allowed request on an undici dispatcher (a Pool, or an Agent with `origin`) with a
+ * handler object: the response goes straight from the upstream's parser into the client's
+ * response, without the stream wrappers of request()/stream().
+ */
+export function dispatchTo(
+  dispatcher: Dispatcher,
+  rs: RequestStream,
+  headers: string[],
+  origin: string | undefined,
+): void {
+  rs.upstreamStart = performance.now();
+  dispatcher.dispatch(
+    {
+      origin,
+      path: rs.ctx.forwardTarget,
+      method: rs.attrs.method as Dispatcher.HttpMethod,
+      headers,
+      body: hasBody(rs) ? rs.req : null,
+    },
+    new Exchange(rs),
+  );
 }
 
 const kExchange = Symbol('portcullis.exchange');
@@ -190,13 +208,13 @@ class Exchange {
     rs.upstreamEnd = performance.now();
     if (rs.res.destroyed || rs.req.destroyed) return; // the client went away; nothing to tell it
     const e = err as Error & { code?: string };
-    const reply = replyForUpstreamError(e);
     const upstream = rs.plan.upstream;
+    const reply = upstream.replyFor(e);
     const held = upstream.logLimit.allow(e.code ?? 'error');
     if (held >= 0)
       upstream.logger.warn(
         // Not under `err`: pino's error serializer would turn a plain object into {type:"Object",stack:""}.
-        { code: e.code, message: err.message, upstream: upstream.origin, held },
+        { code: e.code, message: err.message, upstream: rs.route?.upstream ?? upstream.origin, held },
         'upstream request failed (held: like lines not logged in the last 10 s)',
       );
     rs.reply = reply;

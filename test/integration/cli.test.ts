@@ -240,6 +240,31 @@ describe('portcullis CLI', () => {
     );
   });
 
+  it('validate summarises the outbound listener and warns of destinations no bundle can verify', async () => {
+    dir.write(
+      'out.yaml',
+      `${DOCUMENTED_CONFIG}
+outbound:
+  destinations:
+    - host: billing.default.svc
+      upstream: https://127.0.0.1:18443
+      identities: [spiffe://example.org/ns/billing/sa/billing]
+    - host: partner.svc
+      upstream: https://127.0.0.1:18444
+      trustDomains: [partner.example]
+`,
+    );
+    const r = await cli(['validate', '-c', dir.file('out.yaml')]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('outbound: 127.0.0.1:15001 (plain HTTP from the app), unlisted hosts refused');
+    expect(r.stdout).toContain(
+      'billing.default.svc -> https://127.0.0.1:18443 (mTLS; the server must be spiffe://example.org/ns/billing/sa/billing)',
+    );
+    expect(r.stdout).toContain(
+      'warning: outbound partner.svc: no bundle for trust domain partner.example, so no server of it can be verified',
+    );
+  });
+
   it('validate names file, field and problem for every error, with exit code 1', async () => {
     dir.write(
       'bad.yaml',

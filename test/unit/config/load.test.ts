@@ -189,3 +189,69 @@ describe('portcullis.yaml loading', () => {
     expect(() => loadConfigFile(dir.file('missing.yaml'))).toThrow(/missing\.yaml: file not found/);
   });
 });
+
+describe('outbound config', () => {
+  const withOutbound = (outbound: unknown): unknown => ({ ...MINIMAL, outbound });
+  const dest = {
+    host: 'billing.default.svc',
+    upstream: 'https://127.0.0.1:18443',
+    identities: ['spiffe://example.org/ns/billing/sa/billing'],
+  };
+
+  it('defaults to 127.0.0.1:15001 and REGISTRY_ONLY', () => {
+    const c = configFromObject(withOutbound({ destinations: [dest] }), '/tmp');
+    expect(c.outbound).toMatchObject({
+      address: { host: '127.0.0.1', port: 15001 },
+      policy: 'REGISTRY_ONLY',
+      destinations: [{ ...dest, trustDomains: [], sni: null }],
+    });
+  });
+
+  it('listens on loopback only: anyone reaching it would call out as this workload', () => {
+    expect(issuesOf(() => configFromObject(withOutbound({ address: '0.0.0.0:15001' }), '/tmp'))).toEqual([
+      expect.stringMatching(/^outbound\.address: 0\.0\.0\.0:15001 is not a loopback address/),
+    ]);
+    expect(configFromObject(withOutbound({ address: '[::1]:15001' }), '/tmp').outbound?.address.host).toBe(
+      '::1',
+    );
+  });
+
+  it('refuses a destination without secure naming, over plain HTTP, named twice, or with a bad SPIFFE ID', () => {
+    const issues = issuesOf(() =>
+      configFromObject(
+        withOutbound({
+          destinations: [
+            { host: 'a.svc', upstream: 'https://127.0.0.1:1' },
+            { host: 'b.svc', upstream: 'http://127.0.0.1:2', identities: [dest.identities[0]] },
+            { ...dest },
+            { ...dest, host: 'Billing.Default.Svc' },
+            { host: 'c.svc', upstream: 'https://127.0.0.1:3', identities: ['spiffe://Example.org/x'] },
+          ],
+        }),
+        '/tmp',
+      ),
+    );
+    expect(issues).toEqual(
+      expect.arrayContaining([
+        expect.stringMatching(/^outbound\.destinations\[0\]: a destination needs identities/),
+        expect.stringMatching(/^outbound\.destinations\[4\]\.identities\[0\]: invalid SPIFFE ID/),
+      ]),
+    );
+    const second = issuesOf(() =>
+      configFromObject(
+        withOutbound({
+          destinations: [
+            { host: 'b.svc', upstream: 'http://127.0.0.1:2', identities: [dest.identities[0]] },
+            { ...dest },
+            { ...dest, host: 'Billing.Default.Svc' },
+          ],
+        }),
+        '/tmp',
+      ),
+    );
+    expect(second).toEqual([
+      expect.stringMatching(/^outbound\.destinations\[0\]\.upstream: .*upstream is https:\/\//),
+      'outbound.destinations[2].host: "billing.default.svc" is already outbound.destinations[1]',
+    ]);
+  });
+});
