@@ -25,6 +25,8 @@ export interface MetricsSources {
   /** Each key set (by its URL or file; inline sets as `inline`) and the keys it holds now. */
   keySets(): readonly { id: string; keys: number }[];
   certificateNotAfter(): number;
+  /** When the SVID in use was received or read (epoch ms): a Workload API update or a file reload. */
+  identityUpdated(): number;
   reloads(): { success: number; failure: number };
 }
 
@@ -230,6 +232,14 @@ export class Metrics {
       registers,
       collect() {
         this.set(Math.floor(sources.certificateNotAfter() / 1000));
+      },
+    });
+    new Gauge({
+      name: 'portcullis_identity_last_update_timestamp_seconds',
+      help: 'When the X.509-SVID in use arrived from the Workload API or was read from its files (Unix time).',
+      registers,
+      collect() {
+        this.set(Math.floor(sources.identityUpdated() / 1000));
       },
     });
     new Gauge({

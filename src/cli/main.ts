@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { formatHostPort } from '../config/address.js';
 import { parseDuration } from '../config/duration.js';
 import type { Config } from '../config/load.js';
-import { ConfigError, formatIssue, PortcullisError } from '../errors.js';
+import { ConfigError, errorMessage, formatIssue, PortcullisError } from '../errors.js';
 import { SpiffeId } from '../identity/spiffe-id.js';
 import type { ResourceMeta } from '../istio/load.js';
 import { appliesTo } from '../istio/selector.js';
@@ -216,10 +216,33 @@ async function cmdValidate(args: string[], out: Out): Promise<number> {
   const { loadConfigFile } = await import('../config/load.js');
   const { loadSnapshot } = await import('../proxy/snapshot.js');
   const config = loadConfigFile(str(values.config) ?? 'portcullis.yaml');
-  const snap = loadSnapshot(config, 1);
+  const wapi = config.identity.workloadApi;
+  let snap: Snapshot;
+  if (wapi === null) {
+    snap = loadSnapshot(config, 1);
+  } else {
+    // Connect once, as `run` would, and report what the agent serves.
+    const { WorkloadApiSource } = await import('../identity/workload-api.js');
+    const { default: pino } = await import('pino');
+    const source = new WorkloadApiSource(
+      { socket: wapi.socket, hint: wapi.hint, trustDomain: config.trustDomain },
+      pino({ level: 'silent' }),
+    );
+    try {
+      const material = await source.first(Math.min(wapi.startTimeout, 10_000));
+      snap = loadSnapshot(config, 1, undefined, material);
+    } catch (err) {
+      if (err instanceof ConfigError) throw err;
+      throw new ConfigError('ERR_CONFIG_INVALID', [
+        { file: config.file, field: 'identity.workloadApi', message: errorMessage(err) },
+      ]);
+    } finally {
+      source.close();
+    }
+  }
   out(`${config.file}: OK`);
   out(
-    `  identity: ${snap.credentials.spiffeId.id} (certificate valid until ${new Date(snap.credentials.notAfter).toISOString()})`,
+    `  identity: ${snap.credentials.spiffeId.id} (certificate valid until ${new Date(snap.credentials.notAfter).toISOString()}${wapi === null ? '' : `; from the Workload API at ${wapi.socket}`})`,
   );
   out(`  trust domains: ${snap.bundles.domains.join(', ')}`);
   const p = snap.policies;

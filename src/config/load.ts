@@ -52,6 +52,13 @@ export interface ListenerConfig {
   readonly limits: Limits;
 }
 
+export interface WorkloadApiConfig {
+  /** unix:///path or tcp://host:port. */
+  readonly socket: string;
+  readonly hint: string;
+  readonly startTimeout: number;
+}
+
 /** One registered outbound destination. */
 export interface OutboundDestination {
   /** Lowercase host as the app names it, with a port only when one was given. */
@@ -84,10 +91,15 @@ export interface Config {
     readonly serviceAccount?: string;
     readonly labels: Record<string, string>;
   };
+  /**
+   * Files (`cert`, `key`, `bundles`), or the Workload API (`workloadApi` set; then `cert` and
+   * `key` are '' and `bundles` is empty: the SVID and bundles come from the agent).
+   */
   readonly identity: {
     readonly cert: string;
     readonly key: string;
     readonly bundles: Readonly<Record<string, string>>;
+    readonly workloadApi: WorkloadApiConfig | null;
   };
   readonly listeners: readonly ListenerConfig[];
   readonly outbound: OutboundConfig | null;
@@ -167,7 +179,17 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
   const issues: ConfigIssue[] = [];
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(baseDir, p));
 
-  if (c.identity.bundles[c.trustDomain] === undefined) {
+  const wapi = c.identity.workloadApi;
+  let wapiSocket = '';
+  if (wapi !== undefined) {
+    wapiSocket = wapi.socket ?? process.env.SPIFFE_ENDPOINT_SOCKET ?? '';
+    if (wapiSocket === '')
+      issues.push({
+        file,
+        field: 'identity.workloadApi.socket',
+        message: 'is required (or set SPIFFE_ENDPOINT_SOCKET), e.g. unix:///run/spire/sockets/agent.sock',
+      });
+  } else if (c.identity.bundles?.[c.trustDomain] === undefined) {
     issues.push({
       file,
       field: 'identity.bundles',
@@ -282,13 +304,21 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
   if (issues.length > 0) throw new ConfigError('ERR_CONFIG_INVALID', issues);
 
   const bundles: Record<string, string> = {};
-  for (const [td, p] of Object.entries(c.identity.bundles)) bundles[td] = abs(p);
+  for (const [td, p] of Object.entries(c.identity.bundles ?? {})) bundles[td] = abs(p);
   return {
     file,
     trustDomain: c.trustDomain,
     rootNamespace: c.rootNamespace,
     workload: c.workload,
-    identity: { cert: abs(c.identity.cert), key: abs(c.identity.key), bundles },
+    identity:
+      wapi === undefined
+        ? { cert: abs(c.identity.cert ?? ''), key: abs(c.identity.key ?? ''), bundles, workloadApi: null }
+        : {
+            cert: '',
+            key: '',
+            bundles,
+            workloadApi: { socket: wapiSocket, hint: wapi.hint, startTimeout: wapi.startTimeout },
+          },
     listeners: c.listeners.map((l) => ({
       name: l.name,
       rego:

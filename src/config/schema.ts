@@ -149,13 +149,48 @@ export const configSchema = z.strictObject({
       labels: z.record(z.string(), z.string()).default({}),
     })
     .default({ namespace: 'default', labels: {} }),
-  identity: z.strictObject({
-    cert: z.string().min(1),
-    key: z.string().min(1),
-    bundles: z.record(trustDomain, z.string().min(1)).refine((b) => Object.keys(b).length > 0, {
-      message: 'at least one trust bundle is needed',
+  /**
+   * The proxy's own SVID and the trust bundles: from files (cert, key, bundles), or from the
+   * SPIFFE Workload API (a SPIRE agent), which also delivers the bundles and rotates the SVID.
+   */
+  identity: z
+    .strictObject({
+      cert: z.string().min(1).optional(),
+      key: z.string().min(1).optional(),
+      bundles: z
+        .record(trustDomain, z.string().min(1))
+        .refine((b) => Object.keys(b).length > 0, {
+          message: 'at least one trust bundle is needed',
+        })
+        .optional(),
+      workloadApi: z
+        .strictObject({
+          /** unix:///path or tcp://host:port; default: the SPIFFE_ENDPOINT_SOCKET environment variable. */
+          socket: z
+            .string()
+            .regex(/^(unix:\/\/\/.+|tcp:\/\/[^/]+:\d+)$/, 'use unix:///path/to/agent.sock or tcp://host:port')
+            .optional(),
+          /** Which SVID when several are served (X509SVID.hint); the first by default. */
+          hint: z.string().default(''),
+          /** How long `run` waits for the first SVID before giving up. */
+          startTimeout: duration.default(60_000),
+        })
+        .optional(),
+    })
+    .superRefine((i, ctx) => {
+      const files = i.cert !== undefined || i.key !== undefined || i.bundles !== undefined;
+      if (i.workloadApi !== undefined && files) {
+        ctx.addIssue({
+          code: 'custom',
+          message:
+            'set workloadApi, or cert, key and bundles — not both (the Workload API delivers the bundles too)',
+        });
+      } else if (i.workloadApi === undefined) {
+        for (const f of ['cert', 'key', 'bundles'] as const)
+          if (i[f] === undefined)
+            ctx.addIssue({ code: 'custom', path: [f], message: 'is required (or use workloadApi)' });
+      }
     }),
-  }),
   listeners: z
     .array(
       z.strictObject({

@@ -42,7 +42,11 @@ export function loadBundleFile(trustDomain: string, file: string): TrustBundle {
 }
 
 export function parseBundle(trustDomain: string, text: string): TrustBundle {
-  const roots = text.trimStart().startsWith('{') ? spiffeBundleRoots(text) : pemRoots(text);
+  return bundleOf(trustDomain, text.trimStart().startsWith('{') ? spiffeBundleRoots(text) : pemRoots(text));
+}
+
+/** A bundle from its root certificates (a file's, or the Workload API's DER ones), checked as CAs in validity. */
+export function bundleOf(trustDomain: string, roots: X509Certificate[]): TrustBundle {
   if (roots.length === 0) throw new PortcullisError('ERR_BUNDLE_INVALID', 'the bundle holds no certificate');
   const now = Date.now();
   for (const root of roots) {

@@ -40,8 +40,11 @@ function readText(file: string, what: string): string {
  * keeps the last good pair. Messages never include key material.
  */
 export function loadCredentials(certFile: string, keyFile: string, now: number = Date.now()): Credentials {
-  const certPem = readText(certFile, 'certificate');
-  const keyPem = readText(keyFile, 'key');
+  return credentialsFromPem(readText(certFile, 'certificate'), readText(keyFile, 'key'), now);
+}
+
+/** Checks a certificate chain and key given as PEM text (from files, or from the Workload API). */
+export function credentialsFromPem(certPem: string, keyPem: string, now: number = Date.now()): Credentials {
   let chain: X509Certificate[];
   try {
     chain = parseCertificates(certPem);

@@ -9,6 +9,7 @@ import { formatHostPort } from '../config/address.js';
 import type { Config, ListenerConfig } from '../config/load.js';
 import { FolderWatcher } from '../config/watch.js';
 import { ConfigError, errorMessage } from '../errors.js';
+import type { WorkloadApiSource } from '../identity/workload-api.js';
 import { PinnedHeaders } from './headers.js';
 import { InboundListener } from './listener.js';
 import { ObservabilitySubscriber, RequestObserver } from './observer.js';
@@ -61,6 +62,10 @@ export class Portcullis implements AdminStatus {
   /** The outbound listener and its forwarder, when the config has `outbound`. */
   outbound: OutboundListener | null = null;
   private outboundForwarder: OutboundForwarder | null = null;
+  /** The SPIFFE Workload API client, when the identity comes from it. */
+  private source: WorkloadApiSource | null = null;
+  /** When the SVID in use was received or read (epoch ms). */
+  private identityUpdated = Date.now();
   snapshot: Snapshot;
   private admin: AdminServer | null = null;
   private watcher: FolderWatcher | null = null;
@@ -91,6 +96,7 @@ export class Portcullis implements AdminStatus {
       sinks: () => this.audit?.sinks ?? [],
       keySets: () => this.jwks.list().map((k) => ({ id: keySetLabel(k.id), keys: k.keys().length })),
       certificateNotAfter: () => this.snapshot.credentials.notAfter,
+      identityUpdated: () => this.identityUpdated,
       reloads: () => ({ success: this.reloads, failure: this.reloadFailures }),
     });
     this.observer = new RequestObserver();
@@ -107,8 +113,29 @@ export class Portcullis implements AdminStatus {
   /** Loads everything, then listens. Throws ConfigError (nothing is listening then) if the config does not load. */
   static async start(config: Config, options: StartOptions = {}): Promise<Portcullis> {
     const log = options.logger ?? (await defaultLogger(config.log.level, config.log.format));
-    const snapshot = loadSnapshot(config, 1, log);
+    const wapi = config.identity.workloadApi;
+    let source: WorkloadApiSource | null = null;
+    let snapshot: Snapshot;
+    if (wapi === null) {
+      snapshot = loadSnapshot(config, 1, log);
+    } else {
+      // Loaded only when configured: the gRPC client is not needed otherwise. Nothing listens until
+      // the first SVID arrives (readiness probes fail until then).
+      const { WorkloadApiSource } = await import('../identity/workload-api.js');
+      source = new WorkloadApiSource(
+        { socket: wapi.socket, hint: wapi.hint, trustDomain: config.trustDomain },
+        log,
+      );
+      try {
+        log.info({ socket: wapi.socket }, 'waiting for an X.509-SVID from the Workload API');
+        snapshot = loadSnapshot(config, 1, log, await source.first(wapi.startTimeout));
+      } catch (err) {
+        source.close();
+        throw err;
+      }
+    }
     const p = new Portcullis(config, snapshot, log);
+    p.source = source;
     try {
       const plans = p.buildPlans(snapshot);
       config.listeners.forEach((lc, i) => {
@@ -152,6 +179,8 @@ export class Portcullis implements AdminStatus {
     }
     p.listening = true;
     if (config.watch) p.watch();
+    // Every usable Workload API message is a new snapshot (SVID and bundles), swapped like a reload.
+    p.source?.on('update', () => p.reload('workload API update'));
     log.info({ spiffeId: snapshot.credentials.spiffeId.id, trustDomains: snapshot.bundles.domains }, 'ready');
     return p;
   }
@@ -294,7 +323,7 @@ export class Portcullis implements AdminStatus {
     let next: Snapshot;
     let plans: { inbound: ListenerPlan[]; outbound: ListenerPlan | null };
     try {
-      next = loadSnapshot(this.config, this.generation + 1, this.log);
+      next = loadSnapshot(this.config, this.generation + 1, this.log, this.source?.current() ?? null);
       plans = this.buildPlans(next);
     } catch (err) {
       this.reloadFailures++;
@@ -306,6 +335,7 @@ export class Portcullis implements AdminStatus {
       return false;
     }
     this.generation = next.generation;
+    if (next.credentials !== this.snapshot.credentials) this.identityUpdated = Date.now();
     this.snapshot = next;
     this.listeners.forEach((l, i) => {
       l.setPlan(plans.inbound[i] as ListenerPlan);
@@ -330,8 +360,14 @@ export class Portcullis implements AdminStatus {
     return this.listening;
   }
 
+  /**
+   * Ready while listening with an SVID that has not expired, and — with the Workload API — that
+   * the agent has not withdrawn (PermissionDenied).
+   */
   get ready(): boolean {
-    return this.listening && !this.closing;
+    if (!this.listening || this.closing) return false;
+    if (Date.now() >= this.snapshot.credentials.notAfter) return false;
+    return this.source === null || !this.source.denied;
   }
 
   statusJson(): unknown {
@@ -344,6 +380,18 @@ export class Portcullis implements AdminStatus {
       trustDomains: s.bundles.domains,
       reloads: this.reloads,
       reloadFailures: this.reloadFailures,
+      workloadApi:
+        this.source === null
+          ? null
+          : {
+              socket: this.source.options.socket,
+              lastUpdate:
+                this.source.lastUpdate === 0 ? null : new Date(this.source.lastUpdate).toISOString(),
+              updates: this.source.updates,
+              failures: this.source.failures,
+              lastError: this.source.lastError === '' ? null : this.source.lastError,
+              permissionDenied: this.source.denied,
+            },
       audit:
         this.audit?.sinks.map((k) => ({
           sink: k.name,
@@ -412,6 +460,7 @@ export class Portcullis implements AdminStatus {
     if (this.closing) return;
     this.closing = true;
     this.watcher?.close();
+    this.source?.close();
     const drain = this.config.shutdown.drainTimeout;
     await Promise.all([...this.listeners.map((l) => l.close(drain)), this.outbound?.close(drain)]);
     await Promise.all(

@@ -10,6 +10,7 @@ import { loadBundleFile, type TrustBundle, TrustBundleSet } from '../identity/bu
 import { type Credentials, loadCredentials } from '../identity/credentials.js';
 import { parseCertificates } from '../identity/pem.js';
 import { verifyPeer } from '../identity/verify-peer.js';
+import type { X509Material } from '../identity/workload-api.js';
 import { loadPolicies, type PolicySet } from '../istio/load.js';
 import type { JwtRule } from '../istio/request-authentication.js';
 import { appliesTo } from '../istio/selector.js';
@@ -66,13 +67,38 @@ export class Snapshot {
   /** Files whose change should trigger a reload. */
   watchedFiles(): string[] {
     const c = this.config;
-    return [
-      c.identity.cert,
-      c.identity.key,
-      ...Object.values(c.identity.bundles),
-      ...this.policies.files,
-      ...c.policies,
-    ];
+    const identityFiles =
+      c.identity.workloadApi === null
+        ? [c.identity.cert, c.identity.key, ...Object.values(c.identity.bundles)]
+        : [];
+    return [...identityFiles, ...this.policies.files, ...c.policies];
+  }
+}
+
+/**
+ * The proxy's own SVID must be in the configured trust domain and verifiable by its peers with
+ * the same bundle.
+ */
+function checkOwnSvid(
+  config: Config,
+  credentials: Credentials,
+  bundles: TrustBundleSet,
+  issues: ConfigIssue[],
+  field: string,
+): void {
+  const where = config.identity.workloadApi === null ? `${config.identity.cert}: ` : '';
+  if (credentials.spiffeId.trustDomain !== config.trustDomain) {
+    issues.push({
+      file: config.file,
+      field,
+      message: `${where}the certificate's SPIFFE ID ${credentials.spiffeId.id} is not in trust domain "${config.trustDomain}"`,
+    });
+    return;
+  }
+  try {
+    verifyPeer(credentials.leaf, parseCertificates(credentials.certPem).slice(1), bundles);
+  } catch (err) {
+    issues.push({ file: config.file, field, message: `${where}${errorMessage(err)}` });
   }
 }
 
@@ -90,42 +116,57 @@ export type SnapshotInit = Pick<
   | 'rego'
 >;
 
-/** Loads a snapshot; throws ConfigError listing every problem (file, field, message). */
-export function loadSnapshot(config: Config, generation: number, log?: Logger): Snapshot {
+/**
+ * Loads a snapshot; throws ConfigError listing every problem (file, field, message). The identity
+ * comes from the files the config names, or — with `identity.workloadApi` — from `material`, the
+ * latest the Workload API delivered.
+ */
+export function loadSnapshot(
+  config: Config,
+  generation: number,
+  log?: Logger,
+  material: X509Material | null = null,
+): Snapshot {
   const issues: ConfigIssue[] = [];
-  const bundles: TrustBundle[] = [];
-  for (const [td, file] of Object.entries(config.identity.bundles)) {
+  let bundleSet: TrustBundleSet;
+  let credentials: Credentials | null = null;
+  const wapi = config.identity.workloadApi;
+  if (wapi !== null) {
+    bundleSet = material?.bundles ?? new TrustBundleSet([]);
+    if (material === null) {
+      issues.push({
+        file: config.file,
+        field: 'identity.workloadApi',
+        message: `no X.509-SVID received from ${wapi.socket} yet`,
+      });
+    } else {
+      credentials = material.credentials;
+      checkOwnSvid(config, credentials, bundleSet, issues, 'identity.workloadApi');
+    }
+  } else {
+    const bundles: TrustBundle[] = [];
+    for (const [td, file] of Object.entries(config.identity.bundles)) {
+      try {
+        bundles.push(loadBundleFile(td, file));
+      } catch (err) {
+        issues.push({
+          file: config.file,
+          field: `identity.bundles.${td}`,
+          message: `${file}: ${errorMessage(err)}`,
+        });
+      }
+    }
+    bundleSet = new TrustBundleSet(bundles);
     try {
-      bundles.push(loadBundleFile(td, file));
+      credentials = loadCredentials(config.identity.cert, config.identity.key);
+      if (issues.length === 0) checkOwnSvid(config, credentials, bundleSet, issues, 'identity.cert');
     } catch (err) {
       issues.push({
         file: config.file,
-        field: `identity.bundles.${td}`,
-        message: `${file}: ${errorMessage(err)}`,
-      });
-    }
-  }
-  const bundleSet = new TrustBundleSet(bundles);
-
-  let credentials: Credentials | null = null;
-  try {
-    credentials = loadCredentials(config.identity.cert, config.identity.key);
-    if (credentials.spiffeId.trustDomain !== config.trustDomain) {
-      issues.push({
-        file: config.file,
         field: 'identity.cert',
-        message: `${config.identity.cert}: the certificate's SPIFFE ID ${credentials.spiffeId.id} is not in trust domain "${config.trustDomain}"`,
+        message: `${config.identity.cert}: ${errorMessage(err)}`,
       });
-    } else if (issues.length === 0) {
-      // The proxy's own SVID must be one its peers can verify with the same bundle.
-      verifyPeer(credentials.leaf, parseCertificates(credentials.certPem).slice(1), bundleSet);
     }
-  } catch (err) {
-    issues.push({
-      file: config.file,
-      field: 'identity.cert',
-      message: `${config.identity.cert}: ${errorMessage(err)}`,
-    });
   }
 
   let policies: PolicySet | null = null;

@@ -255,3 +255,54 @@ describe('outbound config', () => {
     ]);
   });
 });
+
+describe('identity from the Workload API', () => {
+  const wapi = (identity: unknown): unknown => ({ ...MINIMAL, identity });
+
+  it('takes a socket, a hint and a start timeout instead of files', () => {
+    const c = configFromObject(
+      wapi({ workloadApi: { socket: 'unix:///run/spire/sockets/agent.sock', hint: 'internal' } }),
+      '/tmp',
+    );
+    expect(c.identity).toEqual({
+      cert: '',
+      key: '',
+      bundles: {},
+      workloadApi: { socket: 'unix:///run/spire/sockets/agent.sock', hint: 'internal', startTimeout: 60_000 },
+    });
+  });
+
+  it('refuses files and the Workload API together, a bad socket, and no socket at all', () => {
+    expect(
+      issuesOf(() =>
+        configFromObject(wapi({ ...MINIMAL.identity, workloadApi: { socket: 'unix:///a' } }), '/tmp'),
+      ),
+    ).toEqual([expect.stringMatching(/^identity: set workloadApi, or cert, key and bundles — not both/)]);
+    expect(
+      issuesOf(() => configFromObject(wapi({ workloadApi: { socket: '/run/agent.sock' } }), '/tmp')),
+    ).toEqual(['identity.workloadApi.socket: use unix:///path/to/agent.sock or tcp://host:port']);
+    const saved = process.env.SPIFFE_ENDPOINT_SOCKET;
+    delete process.env.SPIFFE_ENDPOINT_SOCKET;
+    try {
+      expect(issuesOf(() => configFromObject(wapi({ workloadApi: {} }), '/tmp'))).toEqual([
+        expect.stringMatching(
+          /^identity\.workloadApi\.socket: is required \(or set SPIFFE_ENDPOINT_SOCKET\)/,
+        ),
+      ]);
+      process.env.SPIFFE_ENDPOINT_SOCKET = 'unix:///from/env.sock';
+      expect(configFromObject(wapi({ workloadApi: {} }), '/tmp').identity.workloadApi?.socket).toBe(
+        'unix:///from/env.sock',
+      );
+    } finally {
+      if (saved === undefined) delete process.env.SPIFFE_ENDPOINT_SOCKET;
+      else process.env.SPIFFE_ENDPOINT_SOCKET = saved;
+    }
+  });
+
+  it('still names what is missing when neither is given', () => {
+    expect(issuesOf(() => configFromObject(wapi({ cert: 'a.pem' }), '/tmp'))).toEqual([
+      'identity.key: is required (or use workloadApi)',
+      'identity.bundles: is required (or use workloadApi)',
+    ]);
+  });
+});
