@@ -236,3 +236,47 @@ describe('starting before the workload is registered', () => {
     }
   });
 });
+
+describe('sidecar to sidecar, both on the Workload API', () => {
+  it('A calls B through its outbound listener; each presents the SVID its agent issued', async () => {
+    const pki = await makePki();
+    const dir = new TempDir('pc-wapi-');
+    const WEB = 'spiffe://example.org/ns/default/sa/web';
+    const agentA = new WorkloadApiServer(dir.file('a.sock'));
+    const agentB = new WorkloadApiServer(dir.file('b.sock'));
+    agentA.push(svidResponse([svidEntry(pki.client, WEB, [pki.ca])]));
+    agentB.push(svidResponse([svidEntry(pki.server, API, [pki.ca])]));
+    await agentA.start();
+    await agentB.start();
+    const b = await startHarness({
+      pki,
+      config: { identity: { workloadApi: { socket: `unix://${agentB.socketPath}` } } },
+    });
+    const a = await startHarness({
+      pki,
+      config: {
+        identity: { workloadApi: { socket: `unix://${agentA.socketPath}` } },
+        outbound: {
+          address: '127.0.0.1:0',
+          destinations: [
+            { host: 'api.default.svc', upstream: `https://127.0.0.1:${b.port}`, identities: [API] },
+          ],
+        },
+      },
+    });
+    try {
+      const port = a.proxy.outboundAddress()?.port ?? 0;
+      const r = await request(`http://127.0.0.1:${port}/orders`, { headers: { host: 'api.default.svc' } });
+      expect(r.status).toBe(200);
+      expect(String((JSON.parse(r.text) as EchoReply).headers['x-forwarded-client-cert'])).toMatch(
+        new RegExp(`URI=${WEB}$`),
+      );
+    } finally {
+      await a.close();
+      await b.close();
+      agentA.stop();
+      agentB.stop();
+      dir.cleanup();
+    }
+  });
+});
