@@ -280,3 +280,54 @@ describe('sidecar to sidecar, both on the Workload API', () => {
     }
   });
 });
+
+describe('readiness follows the SVID', () => {
+  it('turns 503 when the agent withdraws the identity (PermissionDenied) and back when it returns', async () => {
+    const pki = await makePki();
+    const dir = new TempDir('pc-wapi-');
+    const agent = new WorkloadApiServer(dir.file('agent.sock'));
+    agent.push(svidResponse([svidEntry(pki.server, API, [pki.ca])]));
+    await agent.start();
+    const h = await startHarness({
+      pki,
+      config: { identity: { workloadApi: { socket: `unix://${agent.socketPath}` } } },
+    });
+    try {
+      expect(h.proxy.ready).toBe(true);
+      agent.deny = true;
+      agent.fail(grpc.status.PERMISSION_DENIED, 'registration entry deleted');
+      await until('not ready', () => !h.proxy.ready);
+      // Still serving with the SVID it holds (it has not expired); the orchestrator drains traffic.
+      expect((await request(`${h.url}/withdrawn`, h.client)).status).toBe(200);
+      agent.deny = false;
+      await until('ready again', () => h.proxy.ready, 10_000);
+    } finally {
+      await h.close();
+      agent.stop();
+      dir.cleanup();
+    }
+  });
+
+  it('turns 503 when the SVID held expires and no rotation came', async () => {
+    const pki = await makePki();
+    const dir = new TempDir('pc-wapi-');
+    const agent = new WorkloadApiServer(dir.file('agent.sock'));
+    // issueSvid back-dates notBefore by 60 s: this SVID has about 2.5 s left.
+    const short = await issueSvid(pki.ca, API, { dnsNames: ['localhost'], ttlMs: 62_500 });
+    agent.push(svidResponse([svidEntry(short, API, [pki.ca])]));
+    await agent.start();
+    const h = await startHarness({
+      pki,
+      config: { identity: { workloadApi: { socket: `unix://${agent.socketPath}` } } },
+    });
+    try {
+      expect(h.proxy.ready).toBe(true);
+      agent.stop();
+      await until('the SVID expired', () => !h.proxy.ready, 6_000);
+      expect(Date.now()).toBeGreaterThanOrEqual(h.proxy.snapshot.credentials.notAfter);
+    } finally {
+      await h.close();
+      dir.cleanup();
+    }
+  });
+});
