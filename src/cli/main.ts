@@ -217,28 +217,22 @@ async function cmdValidate(args: string[], out: Out): Promise<number> {
   const { loadSnapshot } = await import('../proxy/snapshot.js');
   const config = loadConfigFile(str(values.config) ?? 'portcullis.yaml');
   const wapi = config.identity.workloadApi;
+  const { openSource } = await import('../identity/source.js');
+  const { default: pino } = await import('pino');
+  // With the Workload API: connect once, as `run` would, and report what the agent serves.
+  const source = await openSource(config, pino({ level: 'silent' }));
   let snap: Snapshot;
-  if (wapi === null) {
-    snap = loadSnapshot(config, 1);
-  } else {
-    // Connect once, as `run` would, and report what the agent serves.
-    const { WorkloadApiSource } = await import('../identity/workload-api.js');
-    const { default: pino } = await import('pino');
-    const source = new WorkloadApiSource(
-      { socket: wapi.socket, hint: wapi.hint, trustDomain: config.trustDomain },
-      pino({ level: 'silent' }),
-    );
-    try {
-      const material = await source.first(Math.min(wapi.startTimeout, 10_000));
-      snap = loadSnapshot(config, 1, undefined, material);
-    } catch (err) {
-      if (err instanceof ConfigError) throw err;
-      throw new ConfigError('ERR_CONFIG_INVALID', [
-        { file: config.file, field: 'identity.workloadApi', message: errorMessage(err) },
-      ]);
-    } finally {
-      source.close();
+  try {
+    if (wapi !== null) {
+      await source.ready(Math.min(wapi.startTimeout, 10_000)).catch((err: unknown) => {
+        throw new ConfigError('ERR_CONFIG_INVALID', [
+          { file: config.file, field: 'identity.workloadApi', message: errorMessage(err) },
+        ]);
+      });
     }
+    snap = loadSnapshot(config, 1, source);
+  } finally {
+    source.close();
   }
   out(`${config.file}: OK`);
   out(

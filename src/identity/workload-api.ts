@@ -1,9 +1,10 @@
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
-import { errorMessage } from '../errors.js';
+import type { Config } from '../config/load.js';
+import { ConfigError, errorMessage } from '../errors.js';
 import { bundleOf, type TrustBundle, TrustBundleSet } from './bundle.js';
-import { type Credentials, credentialsFromPem } from './credentials.js';
+import { credentialsFromPem } from './credentials.js';
 import {
   GRPC_PERMISSION_DENIED,
   GRPC_STATUS_NAMES,
@@ -11,6 +12,7 @@ import {
   type GrpcTarget,
   parseTarget,
 } from './grpc-stream.js';
+import { checkOwnSvid, type X509Material, type X509Source } from './source.js';
 import { SpiffeId } from './spiffe-id.js';
 import {
   decodeX509SvidResponse,
@@ -19,19 +21,13 @@ import {
   type X509SvidResponseMessage,
 } from './workload-api-proto.js';
 
-/** What a source gives the proxy: its own SVID and key, and the bundles of every trusted domain. */
-export interface X509Material {
-  readonly credentials: Credentials;
-  readonly bundles: TrustBundleSet;
-}
-
 export interface WorkloadApiOptions {
   /** `unix:///path/to/agent.sock` or `tcp://127.0.0.1:8081` (SPIFFE Workload Endpoint §4). */
   readonly socket: string;
   /** Which SVID when several are served: the one with this hint; '' for the first. */
   readonly hint: string;
-  /** The workload's trust domain: an SVID of another one is refused. */
-  readonly trustDomain: string;
+  /** The config: an SVID outside its trust domain, or not verifying with its bundle, is refused. */
+  readonly config: Config;
 }
 
 /** The FetchX509SVID method of the SpiffeWorkloadAPI service (no proto package). */
@@ -52,12 +48,12 @@ const MAX_BACKOFF_MS = 30_000;
  * Events: `update` (X509Material) for each usable message; `error` is never emitted (failures are
  * counted and logged instead).
  */
-export class WorkloadApiSource extends EventEmitter {
+export class WorkloadApiSource extends EventEmitter implements X509Source {
   readonly options: WorkloadApiOptions;
   private readonly log: Logger;
   private readonly target: GrpcTarget;
   private call: GrpcServerStream | null = null;
-  private material: X509Material | null = null;
+  private latest: X509Material | null = null;
   private backoff = MIN_BACKOFF_MS;
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
@@ -78,14 +74,56 @@ export class WorkloadApiSource extends EventEmitter {
     this.connect();
   }
 
+  get description(): string {
+    return `the Workload API at ${this.options.socket}`;
+  }
+
   /** The latest usable material, or null before the first. */
   current(): X509Material | null {
-    return this.material;
+    return this.latest;
+  }
+
+  material(): X509Material {
+    if (this.latest !== null) return this.latest;
+    throw new ConfigError('ERR_CONFIG_INVALID', [
+      {
+        file: this.options.config.file,
+        field: 'identity.workloadApi',
+        message: `no X.509-SVID received from ${this.options.socket} yet${this.lastError === '' ? '' : ` (${this.lastError})`}`,
+      },
+    ]);
+  }
+
+  get withdrawn(): boolean {
+    return this.denied;
+  }
+
+  watchedFiles(): string[] {
+    return [];
+  }
+
+  async ready(timeoutMs: number): Promise<void> {
+    await this.first(timeoutMs);
+  }
+
+  subscribe(onChange: () => void): void {
+    this.on('update', onChange);
+  }
+
+  status(): unknown {
+    return {
+      socket: this.options.socket,
+      lastUpdate: this.lastUpdate === 0 ? null : new Date(this.lastUpdate).toISOString(),
+      updates: this.updates,
+      failures: this.failures,
+      lastError: this.lastError === '' ? null : this.lastError,
+      permissionDenied: this.denied,
+    };
   }
 
   /** Resolves with the first usable material; rejects after `timeoutMs` with the last error. */
   first(timeoutMs: number): Promise<X509Material> {
-    const now = this.material;
+    const now = this.latest;
     if (now !== null) return Promise.resolve(now);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -151,7 +189,7 @@ export class WorkloadApiSource extends EventEmitter {
       );
       return;
     }
-    this.material = material;
+    this.latest = material;
     this.backoff = MIN_BACKOFF_MS;
     this.denied = false;
     this.lastError = '';
@@ -172,8 +210,8 @@ export class WorkloadApiSource extends EventEmitter {
     const delay = Math.round(this.backoff * (0.8 + Math.random() * 0.4));
     this.backoff = Math.min(MAX_BACKOFF_MS, this.backoff * 2);
     this.log.warn(
-      { socket: this.options.socket, problem: why, retryInMs: delay, holding: this.material !== null },
-      this.material === null
+      { socket: this.options.socket, problem: why, retryInMs: delay, holding: this.latest !== null },
+      this.latest === null
         ? 'Workload API: no SVID yet; retrying'
         : 'Workload API stream lost; keeping the last SVID until it expires, retrying',
     );
@@ -207,8 +245,9 @@ export class WorkloadApiSource extends EventEmitter {
     if (credentials.spiffeId.id !== svid.spiffeId)
       throw new Error(`the certificate names ${credentials.spiffeId.id}, the message ${svid.spiffeId}`);
     const own = credentials.spiffeId.trustDomain;
-    if (own !== this.options.trustDomain)
-      throw new Error(`the SVID ${svid.spiffeId} is not in trust domain "${this.options.trustDomain}"`);
+    const trustDomain = this.options.config.trustDomain;
+    if (own !== trustDomain)
+      throw new Error(`the SVID ${svid.spiffeId} is not in trust domain "${trustDomain}"`);
     const bundles: TrustBundle[] = [
       bundleOf(
         own,
@@ -233,6 +272,10 @@ export class WorkloadApiSource extends EventEmitter {
         );
       }
     }
-    return { credentials, bundles: new TrustBundleSet(bundles) };
+    const set = new TrustBundleSet(bundles);
+    // Peers will verify it against its own domain's bundle: so must it.
+    const problems = checkOwnSvid(this.options.config, credentials, set, 'identity.workloadApi', '');
+    if (problems.length > 0) throw new Error((problems[0] as { message: string }).message);
+    return { credentials, bundles: set };
   }
 }

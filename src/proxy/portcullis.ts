@@ -9,7 +9,7 @@ import { formatHostPort } from '../config/address.js';
 import type { Config, ListenerConfig } from '../config/load.js';
 import { FolderWatcher } from '../config/watch.js';
 import { ConfigError, errorMessage } from '../errors.js';
-import type { WorkloadApiSource } from '../identity/workload-api.js';
+import { openSource, type X509Source } from '../identity/source.js';
 import { PinnedHeaders } from './headers.js';
 import { InboundListener } from './listener.js';
 import { ObservabilitySubscriber, RequestObserver } from './observer.js';
@@ -62,8 +62,8 @@ export class Portcullis implements AdminStatus {
   /** The outbound listener and its forwarder, when the config has `outbound`. */
   outbound: OutboundListener | null = null;
   private outboundForwarder: OutboundForwarder | null = null;
-  /** The SPIFFE Workload API client, when the identity comes from it. */
-  private source: WorkloadApiSource | null = null;
+  /** Where the SVID and bundles come from: files, or the SPIFFE Workload API. */
+  private readonly source: X509Source;
   /** When the SVID in use was received or read (epoch ms). */
   private identityUpdated = Date.now();
   snapshot: Snapshot;
@@ -84,9 +84,10 @@ export class Portcullis implements AdminStatus {
   reloads = 0;
   reloadFailures = 0;
 
-  private constructor(config: Config, snapshot: Snapshot, log: Logger) {
+  private constructor(config: Config, snapshot: Snapshot, source: X509Source, log: Logger) {
     this.config = config;
     this.snapshot = snapshot;
+    this.source = source;
     this.log = log;
     this.extAuthz = new Map(config.extensionProviders.map((p) => [p.name, new ExtAuthzClient(p)]));
     this.audit = config.audit === null ? null : new AuditLog(config.audit, log);
@@ -113,29 +114,21 @@ export class Portcullis implements AdminStatus {
   /** Loads everything, then listens. Throws ConfigError (nothing is listening then) if the config does not load. */
   static async start(config: Config, options: StartOptions = {}): Promise<Portcullis> {
     const log = options.logger ?? (await defaultLogger(config.log.level, config.log.format));
-    const wapi = config.identity.workloadApi;
-    let source: WorkloadApiSource | null = null;
+    const source = await openSource(config, log);
     let snapshot: Snapshot;
-    if (wapi === null) {
-      snapshot = loadSnapshot(config, 1, log);
-    } else {
-      // Loaded only when configured: the gRPC client is not needed otherwise. Nothing listens until
-      // the first SVID arrives (readiness probes fail until then).
-      const { WorkloadApiSource } = await import('../identity/workload-api.js');
-      source = new WorkloadApiSource(
-        { socket: wapi.socket, hint: wapi.hint, trustDomain: config.trustDomain },
-        log,
-      );
-      try {
+    try {
+      const wapi = config.identity.workloadApi;
+      if (wapi !== null) {
+        // Nothing listens until the first SVID arrives (readiness probes fail until then).
         log.info({ socket: wapi.socket }, 'waiting for an X.509-SVID from the Workload API');
-        snapshot = loadSnapshot(config, 1, log, await source.first(wapi.startTimeout));
-      } catch (err) {
-        source.close();
-        throw err;
+        await source.ready(wapi.startTimeout);
       }
+      snapshot = loadSnapshot(config, 1, source, log);
+    } catch (err) {
+      source.close();
+      throw err;
     }
-    const p = new Portcullis(config, snapshot, log);
-    p.source = source;
+    const p = new Portcullis(config, snapshot, source, log);
     try {
       const plans = p.buildPlans(snapshot);
       config.listeners.forEach((lc, i) => {
@@ -179,8 +172,9 @@ export class Portcullis implements AdminStatus {
     }
     p.listening = true;
     if (config.watch) p.watch();
-    // Every usable Workload API message is a new snapshot (SVID and bundles), swapped like a reload.
-    p.source?.on('update', () => p.reload('workload API update'));
+    // Every change the source learns of by itself (a Workload API message) is a new snapshot,
+    // swapped like a reload.
+    p.source.subscribe(() => p.reload(`identity update from ${p.source.description}`));
     log.info({ spiffeId: snapshot.credentials.spiffeId.id, trustDomains: snapshot.bundles.domains }, 'ready');
     return p;
   }
@@ -308,7 +302,7 @@ export class Portcullis implements AdminStatus {
   private watch(): void {
     this.watcher?.close();
     this.watcher = new FolderWatcher(
-      this.snapshot.watchedFiles(),
+      [...this.source.watchedFiles(), ...this.snapshot.policyFiles()],
       () => this.reload('file change'),
       this.log,
     );
@@ -323,7 +317,7 @@ export class Portcullis implements AdminStatus {
     let next: Snapshot;
     let plans: { inbound: ListenerPlan[]; outbound: ListenerPlan | null };
     try {
-      next = loadSnapshot(this.config, this.generation + 1, this.log, this.source?.current() ?? null);
+      next = loadSnapshot(this.config, this.generation + 1, this.source, this.log);
       plans = this.buildPlans(next);
     } catch (err) {
       this.reloadFailures++;
@@ -367,7 +361,7 @@ export class Portcullis implements AdminStatus {
   get ready(): boolean {
     if (!this.listening || this.closing) return false;
     if (Date.now() >= this.snapshot.credentials.notAfter) return false;
-    return this.source === null || !this.source.denied;
+    return !this.source.withdrawn;
   }
 
   statusJson(): unknown {
@@ -380,18 +374,8 @@ export class Portcullis implements AdminStatus {
       trustDomains: s.bundles.domains,
       reloads: this.reloads,
       reloadFailures: this.reloadFailures,
-      workloadApi:
-        this.source === null
-          ? null
-          : {
-              socket: this.source.options.socket,
-              lastUpdate:
-                this.source.lastUpdate === 0 ? null : new Date(this.source.lastUpdate).toISOString(),
-              updates: this.source.updates,
-              failures: this.source.failures,
-              lastError: this.source.lastError === '' ? null : this.source.lastError,
-              permissionDenied: this.source.denied,
-            },
+      identitySource: this.source.description,
+      workloadApi: this.source.status(),
       audit:
         this.audit?.sinks.map((k) => ({
           sink: k.name,
@@ -460,7 +444,7 @@ export class Portcullis implements AdminStatus {
     if (this.closing) return;
     this.closing = true;
     this.watcher?.close();
-    this.source?.close();
+    this.source.close();
     const drain = this.config.shutdown.drainTimeout;
     await Promise.all([...this.listeners.map((l) => l.close(drain)), this.outbound?.close(drain)]);
     await Promise.all(

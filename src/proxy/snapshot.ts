@@ -6,11 +6,9 @@ import { Authorizer } from '../authz/compile.js';
 import { RegoEngine } from '../authz/rego/engine.js';
 import type { Config } from '../config/load.js';
 import { ConfigError, type ConfigIssue, errorMessage } from '../errors.js';
-import { loadBundleFile, type TrustBundle, TrustBundleSet } from '../identity/bundle.js';
-import { type Credentials, loadCredentials } from '../identity/credentials.js';
-import { parseCertificates } from '../identity/pem.js';
-import { verifyPeer } from '../identity/verify-peer.js';
-import type { X509Material } from '../identity/workload-api.js';
+import { TrustBundleSet } from '../identity/bundle.js';
+import type { Credentials } from '../identity/credentials.js';
+import type { X509Material, X509Source } from '../identity/source.js';
 import { loadPolicies, type PolicySet } from '../istio/load.js';
 import type { JwtRule } from '../istio/request-authentication.js';
 import { appliesTo } from '../istio/selector.js';
@@ -64,41 +62,9 @@ export class Snapshot {
     this.xfccBy = credentials.spiffeId.id;
   }
 
-  /** Files whose change should trigger a reload. */
-  watchedFiles(): string[] {
-    const c = this.config;
-    const identityFiles =
-      c.identity.workloadApi === null
-        ? [c.identity.cert, c.identity.key, ...Object.values(c.identity.bundles)]
-        : [];
-    return [...identityFiles, ...this.policies.files, ...c.policies];
-  }
-}
-
-/**
- * The proxy's own SVID must be in the configured trust domain and verifiable by its peers with
- * the same bundle.
- */
-function checkOwnSvid(
-  config: Config,
-  credentials: Credentials,
-  bundles: TrustBundleSet,
-  issues: ConfigIssue[],
-  field: string,
-): void {
-  const where = config.identity.workloadApi === null ? `${config.identity.cert}: ` : '';
-  if (credentials.spiffeId.trustDomain !== config.trustDomain) {
-    issues.push({
-      file: config.file,
-      field,
-      message: `${where}the certificate's SPIFFE ID ${credentials.spiffeId.id} is not in trust domain "${config.trustDomain}"`,
-    });
-    return;
-  }
-  try {
-    verifyPeer(credentials.leaf, parseCertificates(credentials.certPem).slice(1), bundles);
-  } catch (err) {
-    issues.push({ file: config.file, field, message: `${where}${errorMessage(err)}` });
+  /** Policy files and folders whose change should trigger a reload (the identity source adds its own). */
+  policyFiles(): string[] {
+    return [...this.policies.files, ...this.config.policies];
   }
 }
 
@@ -118,56 +84,20 @@ export type SnapshotInit = Pick<
 
 /**
  * Loads a snapshot; throws ConfigError listing every problem (file, field, message). The identity
- * comes from the files the config names, or — with `identity.workloadApi` — from `material`, the
- * latest the Workload API delivered.
+ * (SVID and bundles) is the source's current material: files read now, or the latest the Workload
+ * API delivered.
  */
-export function loadSnapshot(
-  config: Config,
-  generation: number,
-  log?: Logger,
-  material: X509Material | null = null,
-): Snapshot {
+export function loadSnapshot(config: Config, generation: number, source: X509Source, log?: Logger): Snapshot {
   const issues: ConfigIssue[] = [];
-  let bundleSet: TrustBundleSet;
-  let credentials: Credentials | null = null;
-  const wapi = config.identity.workloadApi;
-  if (wapi !== null) {
-    bundleSet = material?.bundles ?? new TrustBundleSet([]);
-    if (material === null) {
-      issues.push({
-        file: config.file,
-        field: 'identity.workloadApi',
-        message: `no X.509-SVID received from ${wapi.socket} yet`,
-      });
-    } else {
-      credentials = material.credentials;
-      checkOwnSvid(config, credentials, bundleSet, issues, 'identity.workloadApi');
-    }
-  } else {
-    const bundles: TrustBundle[] = [];
-    for (const [td, file] of Object.entries(config.identity.bundles)) {
-      try {
-        bundles.push(loadBundleFile(td, file));
-      } catch (err) {
-        issues.push({
-          file: config.file,
-          field: `identity.bundles.${td}`,
-          message: `${file}: ${errorMessage(err)}`,
-        });
-      }
-    }
-    bundleSet = new TrustBundleSet(bundles);
-    try {
-      credentials = loadCredentials(config.identity.cert, config.identity.key);
-      if (issues.length === 0) checkOwnSvid(config, credentials, bundleSet, issues, 'identity.cert');
-    } catch (err) {
-      issues.push({
-        file: config.file,
-        field: 'identity.cert',
-        message: `${config.identity.cert}: ${errorMessage(err)}`,
-      });
-    }
+  let material: X509Material | null = null;
+  try {
+    material = source.material();
+  } catch (err) {
+    if (err instanceof ConfigError) issues.push(...err.issues);
+    else issues.push({ file: config.file, field: 'identity', message: errorMessage(err) });
   }
+  const credentials = material?.credentials ?? null;
+  const bundleSet = material?.bundles ?? new TrustBundleSet([]);
 
   let policies: PolicySet | null = null;
   try {
