@@ -12,13 +12,12 @@ import { attachConnection, connectionOf } from '../transport/connection.js';
 import { type ConnectionSink, InboundTransport, type ListenerStats } from '../transport/inbound.js';
 import { LogLimiter } from '../transport/log-limit.js';
 import { xfccElement } from './headers.js';
+import { http1Options } from './http1.js';
 import { type LocalReply, REPLIES } from './local-reply.js';
 import type { ListenerPlan } from './plan.js';
 import { RequestStream } from './stream.js';
-import { abortUpstream } from './upstream.js';
 
 const kListener = Symbol('portcullis.listener');
-const kStream = Symbol('portcullis.stream');
 
 interface Tagged {
   [kListener]?: InboundListener;
@@ -77,20 +76,7 @@ export class InboundListener implements ConnectionSink {
       this,
       log,
     );
-    this.http = http.createServer(
-      {
-        maxHeaderSize: limits.maxHeaderSize,
-        headersTimeout: limits.headersTimeout,
-        requestTimeout: limits.requestTimeout,
-        keepAliveTimeout: limits.keepAliveTimeout,
-        requireHostHeader: true,
-        noDelay: true,
-        // Node checks header and request deadlines on this interval (30 s by default), which would
-        // let a slow-loris client hold a connection for up to 30 s past headersTimeout.
-        connectionsCheckingInterval: Math.max(100, Math.min(1_000, Math.floor(limits.headersTimeout / 4))),
-      },
-      onRequest,
-    );
+    this.http = http.createServer(http1Options(limits), onRequest);
     this.http.on('clientError', onClientError);
     // Without a listener Node answers `Expect: 100-continue` at once, inviting the body of a
     // request that may be refused; the proxy sends 100 Continue only when it forwards.
@@ -320,8 +306,7 @@ function onH2Connect(
     res as unknown as http.ServerResponse,
     protocol === 'websocket',
   );
-  (res as unknown as { [kStream]?: RequestStream })[kStream] = rs;
-  res.once('close', onResponseClose);
+  rs.watch();
   if (protocol === undefined) rs.answer(REPLIES.methodNotAllowed);
   else if (protocol !== 'websocket') rs.answer(REPLIES.upgradeRefused);
   else rs.run(0);
@@ -385,8 +370,7 @@ function onUpgrade(
   res.once('finish', onUpgradeReplyFinish);
   const rs = new RequestStream(listener.plan, req, res);
   rs.upgradeHead = head;
-  (res as http.ServerResponse & { [kStream]?: RequestStream })[kStream] = rs;
-  res.once('close', onResponseClose);
+  rs.watch();
   if (!isWebSocketUpgrade(req)) {
     rs.answer(REPLIES.upgradeRefused);
     return;
@@ -415,16 +399,6 @@ function startRequest(
   if (listener.closing) res.shouldKeepAlive = false;
   const rs = new RequestStream(listener.plan, req, res);
   rs.expectContinue = expectContinue;
-  (res as http.ServerResponse & { [kStream]?: RequestStream })[kStream] = rs;
-  res.once('close', onResponseClose);
+  rs.watch();
   rs.run(0);
-}
-
-/** The response is done (sent, or the client went away): count it and record it. */
-function onResponseClose(this: http.ServerResponse & { [kStream]?: RequestStream }): void {
-  const rs = this[kStream] as RequestStream;
-  rs.closed = true;
-  rs.connection.exchanges--;
-  abortUpstream(this);
-  rs.plan.observer.finished(rs);
 }

@@ -11,11 +11,12 @@ import { PeerError } from '../identity/verify-peer.js';
 import { attachConnection } from '../transport/connection.js';
 import { LogLimiter } from '../transport/log-limit.js';
 import { verifyConnectionPeer } from '../transport/peer.js';
+import { http1Options } from './http1.js';
 import { type LocalReply, REPLIES } from './local-reply.js';
 import type { Forwarder, ListenerPlan } from './plan.js';
 import type { Snapshot } from './snapshot.js';
 import { type OutboundRoute, RequestStream } from './stream.js';
-import { abortUpstream, dispatchTo, forwardingHeaders, replyForUpstreamError } from './upstream.js';
+import { dispatchTo, forwardingHeaders, replyForUpstreamError } from './upstream.js';
 
 /**
  * The outbound (egress) side of the sidecar: the app sends plain HTTP to a loopback listener —
@@ -242,7 +243,6 @@ export class OutboundForwarder implements Forwarder {
 }
 
 const kOutbound = Symbol('portcullis.outbound');
-const kStream = Symbol('portcullis.outboundStream');
 
 interface Tagged {
   [kOutbound]?: OutboundListener;
@@ -265,18 +265,7 @@ export class OutboundListener {
     this.plan = plan;
     this.log = log;
     const limits = config.limits;
-    this.http = http.createServer(
-      {
-        maxHeaderSize: limits.maxHeaderSize,
-        headersTimeout: limits.headersTimeout,
-        requestTimeout: limits.requestTimeout,
-        keepAliveTimeout: limits.keepAliveTimeout,
-        requireHostHeader: true,
-        noDelay: true,
-        connectionsCheckingInterval: Math.max(100, Math.min(1_000, Math.floor(limits.headersTimeout / 4))),
-      },
-      onRequest,
-    );
+    this.http = http.createServer(http1Options(limits), onRequest);
     this.http.maxConnections = limits.maxConnections;
     (this.http as http.Server & Tagged)[kOutbound] = this;
     this.http.on('connection', onConnection);
@@ -350,8 +339,7 @@ export class OutboundListener {
       refusal = REPLIES.outboundTlsTarget;
     }
     const rs = new RequestStream(this.plan, req, res);
-    (res as http.ServerResponse & { [kStream]?: RequestStream })[kStream] = rs;
-    res.once('close', onResponseClose);
+    rs.watch();
     if (refusal !== null) rs.answer(refusal);
     else rs.run(0);
   }
@@ -363,8 +351,7 @@ export class OutboundListener {
     res.assignSocket(socket);
     res.once('finish', onRefusalFinish);
     const rs = new RequestStream(this.plan, req, res);
-    (res as http.ServerResponse & { [kStream]?: RequestStream })[kStream] = rs;
-    res.once('close', onResponseClose);
+    rs.watch();
     rs.answer(reply);
   }
 }
@@ -402,12 +389,4 @@ function onUpgrade(this: http.Server & Tagged, req: http.IncomingMessage, socket
 
 function onRefusalFinish(this: http.ServerResponse): void {
   this.socket?.end();
-}
-
-function onResponseClose(this: http.ServerResponse & { [kStream]?: RequestStream }): void {
-  const rs = this[kStream] as RequestStream;
-  rs.closed = true;
-  rs.connection.exchanges--;
-  abortUpstream(this);
-  rs.plan.observer.finished(rs);
 }

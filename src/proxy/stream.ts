@@ -8,6 +8,7 @@ import type { ForwardedFor } from './headers.js';
 import { LocalReply, REPLIES, sendLocalReply } from './local-reply.js';
 import type { ListenerPlan, StageResult } from './plan.js';
 import { openTunnel } from './tunnel.js';
+import { abortUpstream } from './upstream.js';
 
 /** Where an outbound request went: the destination as the app named it, and the server it reached. */
 export interface OutboundRoute {
@@ -175,6 +176,16 @@ export class RequestStream implements ForwardedFor {
     else this.plan.upstream.forward(this);
   }
 
+  /**
+   * Ties the exchange to its response: when the response closes (sent, or the client went away
+   * or reset its stream), the stream is closed, an unfinished upstream request is stopped and the
+   * outcome is published.
+   */
+  watch(): void {
+    (this.res as ServerResponse & Tagged)[kStream] = this;
+    this.res.once('close', onResponseClose);
+  }
+
   /** Answers with a local reply (and the response headers the stages chose). */
   answer(r: LocalReply): void {
     this.reply = r;
@@ -194,6 +205,20 @@ export class RequestStream implements ForwardedFor {
     this.ctx.responseHeaders = null;
     for (let i = 0; i + 1 < h.length; i += 2) this.res.appendHeader(h[i] as string, h[i + 1] as string);
   }
+}
+
+const kStream = Symbol('portcullis.stream');
+
+interface Tagged {
+  [kStream]?: RequestStream;
+}
+
+function onResponseClose(this: ServerResponse & Tagged): void {
+  const rs = this[kStream] as RequestStream;
+  rs.closed = true;
+  rs.connection.exchanges--;
+  abortUpstream(this);
+  rs.plan.observer.finished(rs);
 }
 
 /** A stage is waiting on I/O (a key set, an external authorizer): go on when it settles. */

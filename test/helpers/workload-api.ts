@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import type { PemPair } from '../../src/identity/dev-ca.js';
+import { TempDir } from './pki.js';
 
 const PROTO = fileURLToPath(new URL('../fixtures/workloadapi.proto', import.meta.url));
 
@@ -126,4 +127,28 @@ export class WorkloadApiServer {
     this.server = null;
     this.streams.clear();
   }
+}
+
+/** A test agent in a fresh folder, already serving `state`; `close()` stops it and removes the folder. */
+export async function startAgent(
+  state: SvidResponse,
+  opts: { deny?: boolean; socketName?: string } = {},
+): Promise<WorkloadApiServer & { readonly dir: TempDir; close(): void }> {
+  const dir = new TempDir('pc-wapi-');
+  const agent = new WorkloadApiServer(dir.file(opts.socketName ?? 'agent.sock'));
+  agent.deny = opts.deny ?? false;
+  agent.push(state);
+  await agent.start();
+  return Object.assign(agent, {
+    dir,
+    close(): void {
+      agent.stop();
+      dir.cleanup();
+    },
+  });
+}
+
+/** The `identity` config block for an agent. */
+export function identityFrom(agent: WorkloadApiServer, startTimeout = '10s'): Record<string, unknown> {
+  return { workloadApi: { socket: `unix://${agent.socketPath}`, startTimeout } };
 }

@@ -11,7 +11,13 @@ import { type Harness, startHarness } from '../helpers/harness.js';
 import { makePki, TempDir, type TestPki } from '../helpers/pki.js';
 import type { EchoReply } from '../helpers/upstream.js';
 import { until } from '../helpers/wait.js';
-import { svidEntry, svidResponse, WorkloadApiServer } from '../helpers/workload-api.js';
+import {
+  identityFrom,
+  startAgent,
+  svidEntry,
+  svidResponse,
+  WorkloadApiServer,
+} from '../helpers/workload-api.js';
 
 /**
  * SVIDs from the SPIFFE Workload API: a test agent (grpc-js on a Unix socket, the standard's proto
@@ -156,25 +162,17 @@ describe('identity from the SPIFFE Workload API', () => {
 describe('starting before the workload is registered', () => {
   it('retries PermissionDenied with backoff until an SVID arrives, then listens', async () => {
     const pki = await makePki();
-    const dir = new TempDir('pc-wapi-');
-    const agent = new WorkloadApiServer(dir.file('agent.sock'));
-    agent.deny = true;
-    agent.push(svidResponse([svidEntry(pki.server, API, [pki.ca])]));
-    await agent.start();
+    const agent = await startAgent(svidResponse([svidEntry(pki.server, API, [pki.ca])]), { deny: true });
     setTimeout(() => {
       agent.deny = false;
     }, 700);
-    const h = await startHarness({
-      pki,
-      config: { identity: { workloadApi: { socket: `unix://${agent.socketPath}`, startTimeout: '10s' } } },
-    });
+    const h = await startHarness({ pki, config: { identity: identityFrom(agent) } });
     try {
       expect(agent.calls).toBeGreaterThanOrEqual(2);
       expect((await request(`${h.url}/registered`, h.client)).status).toBe(200);
     } finally {
       await h.close();
-      agent.stop();
-      dir.cleanup();
+      agent.close();
     }
   });
 
@@ -240,22 +238,14 @@ describe('starting before the workload is registered', () => {
 describe('sidecar to sidecar, both on the Workload API', () => {
   it('A calls B through its outbound listener; each presents the SVID its agent issued', async () => {
     const pki = await makePki();
-    const dir = new TempDir('pc-wapi-');
     const WEB = 'spiffe://example.org/ns/default/sa/web';
-    const agentA = new WorkloadApiServer(dir.file('a.sock'));
-    const agentB = new WorkloadApiServer(dir.file('b.sock'));
-    agentA.push(svidResponse([svidEntry(pki.client, WEB, [pki.ca])]));
-    agentB.push(svidResponse([svidEntry(pki.server, API, [pki.ca])]));
-    await agentA.start();
-    await agentB.start();
-    const b = await startHarness({
-      pki,
-      config: { identity: { workloadApi: { socket: `unix://${agentB.socketPath}` } } },
-    });
+    const agentA = await startAgent(svidResponse([svidEntry(pki.client, WEB, [pki.ca])]));
+    const agentB = await startAgent(svidResponse([svidEntry(pki.server, API, [pki.ca])]));
+    const b = await startHarness({ pki, config: { identity: identityFrom(agentB) } });
     const a = await startHarness({
       pki,
       config: {
-        identity: { workloadApi: { socket: `unix://${agentA.socketPath}` } },
+        identity: identityFrom(agentA),
         outbound: {
           address: '127.0.0.1:0',
           destinations: [
@@ -274,9 +264,8 @@ describe('sidecar to sidecar, both on the Workload API', () => {
     } finally {
       await a.close();
       await b.close();
-      agentA.stop();
-      agentB.stop();
-      dir.cleanup();
+      agentA.close();
+      agentB.close();
     }
   });
 });
@@ -284,14 +273,8 @@ describe('sidecar to sidecar, both on the Workload API', () => {
 describe('readiness follows the SVID', () => {
   it('turns 503 when the agent withdraws the identity (PermissionDenied) and back when it returns', async () => {
     const pki = await makePki();
-    const dir = new TempDir('pc-wapi-');
-    const agent = new WorkloadApiServer(dir.file('agent.sock'));
-    agent.push(svidResponse([svidEntry(pki.server, API, [pki.ca])]));
-    await agent.start();
-    const h = await startHarness({
-      pki,
-      config: { identity: { workloadApi: { socket: `unix://${agent.socketPath}` } } },
-    });
+    const agent = await startAgent(svidResponse([svidEntry(pki.server, API, [pki.ca])]));
+    const h = await startHarness({ pki, config: { identity: identityFrom(agent) } });
     try {
       expect(h.proxy.ready).toBe(true);
       agent.deny = true;
@@ -303,23 +286,16 @@ describe('readiness follows the SVID', () => {
       await until('ready again', () => h.proxy.ready, 10_000);
     } finally {
       await h.close();
-      agent.stop();
-      dir.cleanup();
+      agent.close();
     }
   });
 
   it('turns 503 when the SVID held expires and no rotation came', async () => {
     const pki = await makePki();
-    const dir = new TempDir('pc-wapi-');
-    const agent = new WorkloadApiServer(dir.file('agent.sock'));
     // issueSvid back-dates notBefore by 60 s: this SVID has about 2.5 s left.
     const short = await issueSvid(pki.ca, API, { dnsNames: ['localhost'], ttlMs: 62_500 });
-    agent.push(svidResponse([svidEntry(short, API, [pki.ca])]));
-    await agent.start();
-    const h = await startHarness({
-      pki,
-      config: { identity: { workloadApi: { socket: `unix://${agent.socketPath}` } } },
-    });
+    const agent = await startAgent(svidResponse([svidEntry(short, API, [pki.ca])]));
+    const h = await startHarness({ pki, config: { identity: identityFrom(agent) } });
     try {
       expect(h.proxy.ready).toBe(true);
       agent.stop();
@@ -327,7 +303,7 @@ describe('readiness follows the SVID', () => {
       expect(Date.now()).toBeGreaterThanOrEqual(h.proxy.snapshot.credentials.notAfter);
     } finally {
       await h.close();
-      dir.cleanup();
+      agent.close();
     }
   });
 });
