@@ -246,8 +246,12 @@ async function cmdValidate(args: string[], out: Out): Promise<number> {
   for (const l of config.listeners) {
     const pa = snap.peerAuthn.get(l.name);
     const rego = snap.rego.get(l.name);
+    const transport =
+      l.tls === null
+        ? `mTLS ${pa?.mode} (${pa?.source})`
+        : `TLS with its own certificate ${l.tls.cert}, client certificates ${l.tls.clientCertificates} (this replaces the PeerAuthentication mode, ${pa?.mode} from ${pa?.source})`;
     out(
-      `  listener ${l.name}: ${formatHostPort(l.address)} -> ${l.upstream}, mTLS ${pa?.mode} (${pa?.source})${rego === undefined ? '' : `, then Rego ${rego.entrypoint}`}`,
+      `  listener ${l.name}: ${formatHostPort(l.address)} -> ${l.upstream}, ${transport}${rego === undefined ? '' : `, then Rego ${rego.entrypoint}`}`,
     );
   }
   const o = config.outbound;

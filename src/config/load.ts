@@ -40,8 +40,18 @@ export const DEFAULT_LIMITS: Limits = {
   tunnelIdleTimeout: 3_600_000,
 };
 
+/** A listener's own server certificate (browser-facing TLS) and its client-certificate policy. */
+export interface ListenerTls {
+  readonly cert: string;
+  readonly key: string;
+  /** require: an X.509-SVID (mTLS); optional: an SVID if the client has one, else anonymous TLS; none: never asked. */
+  readonly clientCertificates: 'none' | 'optional' | 'require';
+}
+
 export interface ListenerConfig {
   readonly name: string;
+  /** Browser-facing TLS, or null: the SVID and the PeerAuthentication mode, as before. */
+  readonly tls: ListenerTls | null;
   readonly rego: RegoConfig | null;
   readonly address: HostPort;
   readonly upstream: string;
@@ -321,6 +331,10 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
           },
     listeners: c.listeners.map((l) => ({
       name: l.name,
+      tls:
+        l.tls === undefined
+          ? null
+          : { cert: abs(l.tls.cert), key: abs(l.tls.key), clientCertificates: l.tls.clientCertificates },
       rego:
         l.rego === undefined
           ? null

@@ -201,6 +201,17 @@ export const configSchema = z.strictObject({
         workloadPort: port.optional(),
         /** How to talk to the upstream: HTTP/1.1, or HTTP/2 (h2c with prior knowledge for http://). */
         upstreamProtocol: z.enum(['http1', 'http2']).default('http1'),
+        /**
+         * Browser-facing TLS: a server certificate from any CA (not the SVID), and whether clients
+         * must, may or cannot present an X.509-SVID. Replaces the PeerAuthentication mode here.
+         */
+        tls: z
+          .strictObject({
+            cert: z.string().min(1),
+            key: z.string().min(1),
+            clientCertificates: z.enum(['none', 'optional', 'require']).default('require'),
+          })
+          .optional(),
         /** Offer HTTP/2 (ALPN h2) to clients beside HTTP/1.1; each stream is checked as a request. */
         http2: z.boolean().default(true),
         /** Rego compiled to WebAssembly, evaluated after the Istio policies. */

@@ -60,13 +60,47 @@ export function credentialsFromPem(certPem: string, keyPem: string, now: number 
     return fail(`the certificate is not a valid X.509-SVID: ${(err as Error).message}`);
   }
   if (Date.parse(leaf.validTo) < now) fail(`the certificate expired on ${leaf.validTo}`);
+  matchKey(leaf, keyPem);
+  return new Credentials(certPem, keyPem, leaf, spiffeId);
+}
+
+/** A server certificate that need not be an SVID (browser-facing TLS), with its key. */
+export interface ServerCertificate {
+  readonly certPem: string;
+  readonly keyPem: string;
+  readonly notAfter: number;
+}
+
+/**
+ * Loads a listener's own server certificate (from any CA: browsers do not know SPIFFE): the chain
+ * parses, the leaf has not expired, and the key matches it. Messages never include key material.
+ */
+export function loadServerCertificate(
+  certFile: string,
+  keyFile: string,
+  now: number = Date.now(),
+): ServerCertificate {
+  const certPem = readText(certFile, 'certificate');
+  const keyPem = readText(keyFile, 'key');
+  let leaf: X509Certificate | undefined;
+  try {
+    leaf = parseCertificates(certPem)[0];
+  } catch (err) {
+    return fail(`the certificate file: ${(err as Error).message}`);
+  }
+  if (leaf === undefined) return fail('the certificate file holds no certificate');
+  if (Date.parse(leaf.validTo) < now) fail(`the certificate expired on ${leaf.validTo}`);
+  matchKey(leaf, keyPem);
+  return { certPem, keyPem, notAfter: Date.parse(leaf.validTo) };
+}
+
+function matchKey(leaf: X509Certificate, keyPem: string): void {
   let keyDer: Buffer;
   try {
     keyDer = createPublicKey(createPrivateKey(keyPem)).export({ type: 'spki', format: 'der' });
   } catch {
     return fail('the key file does not hold a readable private key');
   }
-  const certKeyDer = leaf.publicKey.export({ type: 'spki', format: 'der' });
-  if (!keyDer.equals(certKeyDer)) fail('the private key does not match the certificate');
-  return new Credentials(certPem, keyPem, leaf, spiffeId);
+  if (!keyDer.equals(leaf.publicKey.export({ type: 'spki', format: 'der' })))
+    fail('the private key does not match the certificate');
 }

@@ -71,8 +71,9 @@ export class InboundListener implements ConnectionSink {
       config.name,
       config.address,
       limits,
-      plan.snapshot.tlsOptions,
+      plan.snapshot.tlsOptionsFor(config.name),
       config.http2 ? ['h2', 'http/1.1'] : ['http/1.1'],
+      config.tls?.clientCertificates ?? 'require',
       this,
       log,
     );
@@ -139,8 +140,8 @@ export class InboundListener implements ConnectionSink {
   setPlan(plan: ListenerPlan): void {
     const prev = this.plan;
     this.plan = plan;
-    if (prev.snapshot.tlsOptions !== plan.snapshot.tlsOptions)
-      this.transport.setTlsOptions(plan.snapshot.tlsOptions);
+    const next = plan.snapshot.tlsOptionsFor(this.config.name);
+    if (prev.snapshot.tlsOptionsFor(this.config.name) !== next) this.transport.setTlsOptions(next);
   }
 
   // --- ConnectionSink: what the transport asks of this layer ---

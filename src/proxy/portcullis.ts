@@ -279,8 +279,12 @@ export class Portcullis implements AdminStatus {
     if (regoHeaders !== undefined && regoHeaders !== null) pinned.push(...regoHeaders);
     return new ListenerPlan({
       snapshot,
-      mode: decision.mode,
-      modeSource: decision.source,
+      // Browser-facing TLS replaces the PeerAuthentication mode: always TLS, client certificates as configured.
+      mode: lc.tls === null ? decision.mode : 'STRICT',
+      modeSource:
+        lc.tls === null
+          ? decision.source
+          : `listeners.tls (client certificates: ${lc.tls.clientCertificates})`,
       stages,
       upstream,
       settings: {
@@ -302,7 +306,7 @@ export class Portcullis implements AdminStatus {
   private watch(): void {
     this.watcher?.close();
     this.watcher = new FolderWatcher(
-      [...this.source.watchedFiles(), ...this.snapshot.policyFiles()],
+      [...this.source.watchedFiles(), ...this.snapshot.watchedFiles()],
       () => this.reload('file change'),
       this.log,
     );

@@ -7,7 +7,7 @@ import { RegoEngine } from '../authz/rego/engine.js';
 import type { Config } from '../config/load.js';
 import { ConfigError, type ConfigIssue, errorMessage } from '../errors.js';
 import { TrustBundleSet } from '../identity/bundle.js';
-import type { Credentials } from '../identity/credentials.js';
+import { type Credentials, loadServerCertificate, type ServerCertificate } from '../identity/credentials.js';
 import type { X509Material, X509Source } from '../identity/source.js';
 import { loadPolicies, type PolicySet } from '../istio/load.js';
 import type { JwtRule } from '../istio/request-authentication.js';
@@ -36,6 +36,8 @@ export class Snapshot {
   readonly tlsOptions: SecureContextOptions;
   /** XFCC `By=` value: the proxy's own SPIFFE ID. */
   readonly xfccBy: string;
+  /** Listeners with browser-facing TLS: their own server certificate, with the same bundles for client SVIDs. */
+  private readonly listenerTls: ReadonlyMap<string, SecureContextOptions>;
 
   constructor(init: SnapshotInit) {
     const credentials = init.credentials;
@@ -49,7 +51,21 @@ export class Snapshot {
     this.jwtRules = init.jwtRules;
     this.authorizer = init.authorizer;
     this.rego = init.rego;
-    this.tlsOptions = {
+    const tlsByListener = new Map<string, SecureContextOptions>();
+    for (const [name, c] of init.serverCertificates)
+      tlsByListener.set(name, { ...this.sharedTls(credentials, bundles), cert: c.certPem, key: c.keyPem });
+    this.listenerTls = tlsByListener;
+    this.tlsOptions = this.sharedTls(credentials, bundles);
+    this.xfccBy = credentials.spiffeId.id;
+  }
+
+  /** The full TLS option set a listener serves: its own certificate (`tls`) or the SVID. */
+  tlsOptionsFor(listener: string): SecureContextOptions {
+    return this.listenerTls.get(listener) ?? this.tlsOptions;
+  }
+
+  private sharedTls(credentials: Credentials, bundles: TrustBundleSet): SecureContextOptions {
+    return {
       cert: credentials.certPem,
       key: credentials.keyPem,
       ca: bundles.caPem,
@@ -59,17 +75,23 @@ export class Snapshot {
       secureOptions: cryptoConstants.SSL_OP_NO_TICKET,
       sessionTimeout: 0,
     };
-    this.xfccBy = credentials.spiffeId.id;
   }
 
-  /** Policy files and folders whose change should trigger a reload (the identity source adds its own). */
-  policyFiles(): string[] {
-    return [...this.policies.files, ...this.config.policies];
+  /**
+   * Files whose change should trigger a reload, besides the identity source's own: policies, and
+   * listeners' browser-facing certificates.
+   */
+  watchedFiles(): string[] {
+    const tlsFiles = this.config.listeners.flatMap((l) => (l.tls === null ? [] : [l.tls.cert, l.tls.key]));
+    return [...this.policies.files, ...this.config.policies, ...tlsFiles];
   }
 }
 
 /** What a snapshot is made of (the derived TLS options and XFCC name are computed from it). */
-export type SnapshotInit = Pick<
+export type SnapshotInit = {
+  /** Listener name → its own server certificate (listeners with `tls`). */
+  readonly serverCertificates: ReadonlyMap<string, ServerCertificate>;
+} & Pick<
   Snapshot,
   | 'generation'
   | 'config'
@@ -167,6 +189,19 @@ export function loadSnapshot(config: Config, generation: number, source: X509Sou
       });
     }
   }
+  const serverCertificates = new Map<string, ServerCertificate>();
+  config.listeners.forEach((l, i) => {
+    if (l.tls === null) return;
+    try {
+      serverCertificates.set(l.name, loadServerCertificate(l.tls.cert, l.tls.key));
+    } catch (err) {
+      issues.push({
+        file: config.file,
+        field: `listeners[${i}].tls.cert`,
+        message: `${l.tls.cert}: ${errorMessage(err)}`,
+      });
+    }
+  });
   const rego = new Map<string, RegoEngine>();
   config.listeners.forEach((l, i) => {
     if (l.rego === null) return;
@@ -183,6 +218,7 @@ export function loadSnapshot(config: Config, generation: number, source: X509Sou
   });
   if (issues.length > 0) throw new ConfigError('ERR_CONFIG_INVALID', issues);
   return new Snapshot({
+    serverCertificates,
     generation,
     config,
     credentials,

@@ -91,6 +91,8 @@ export class InboundTransport {
   /** Client-caused log lines (refusals) per reason, at most one per 10 s each. */
   private readonly logLimit = new LogLimiter();
   private drainWaiters: (() => void)[] = [];
+  /** require: an X.509-SVID or no connection; optional: an SVID if one is presented; none: never asked. */
+  private readonly clientCertificates: 'none' | 'optional' | 'require';
   closing = false;
 
   constructor(
@@ -99,6 +101,7 @@ export class InboundTransport {
     limits: Limits,
     tlsOptions: tls.SecureContextOptions,
     alpn: readonly string[],
+    clientCertificates: 'none' | 'optional' | 'require',
     sink: ConnectionSink,
     log: Logger,
   ) {
@@ -107,6 +110,7 @@ export class InboundTransport {
     this.limits = limits;
     this.sink = sink;
     this.log = log;
+    this.clientCertificates = clientCertificates;
     this.server = net.createServer({ noDelay: true, allowHalfOpen: false }, onConnection);
     // A hard ceiling the kernel-facing side applies before anything else; the pending and
     // verified budgets below are what normally decide.
@@ -122,8 +126,10 @@ export class InboundTransport {
     // net.Server documents for injection) once the transport has decided they are TLS.
     this.tls = tls.createServer({
       ...tlsOptions,
-      requestCert: true,
-      rejectUnauthorized: true,
+      requestCert: clientCertificates !== 'none',
+      // optional: OpenSSL must not refuse a client without a certificate; one that presents a
+      // certificate is still held to the chain and the SPIFFE checks (verified()).
+      rejectUnauthorized: clientCertificates === 'require',
       ALPNProtocols: [...alpn],
       // The pending deadline (from accept, covering sniff, handshake and SPIFFE checks) is what
       // closes slow handshakes; Node's own timer only reports (tlsClientError) and never closes,
@@ -277,6 +283,23 @@ export class InboundTransport {
   }
 
   verified(socket: tls.TLSSocket): void {
+    if (this.clientCertificates !== 'require') {
+      if (socket.getPeerX509Certificate() === undefined) {
+        // No certificate (browsers): anonymous TLS. Policies see no peer principal.
+        this.handOff(socket, rawSocketOf(socket), null);
+        return;
+      }
+      if (!socket.authorized) {
+        // A certificate was presented and does not chain to a trusted bundle: refused, never
+        // downgraded to an anonymous client.
+        this.refusePeer(
+          socket,
+          'untrusted-chain',
+          `the client certificate does not verify: ${String(socket.authorizationError)}`,
+        );
+        return;
+      }
+    }
     let peer: PeerIdentity;
     try {
       peer = verifyConnectionPeer(socket, this.sink.currentBundles());
@@ -301,6 +324,19 @@ export class InboundTransport {
     }
     this.stats.peersVerified++;
     this.handOff(socket, rawSocketOf(socket), peer);
+  }
+
+  private refusePeer(socket: tls.TLSSocket, reason: string, detail: string): void {
+    count(this.stats.peersRejected, reason);
+    this.sink.peerRefused(reason, detail, socket.remoteAddress ?? '', socket.remotePort ?? 0);
+    const held = this.logLimit.allow(`peer:${reason}`);
+    if (held >= 0) {
+      this.log.warn(
+        { listener: this.name, reason, remote: socket.remoteAddress, detail, held },
+        'peer refused (held: like lines not logged in the last 10 s)',
+      );
+    }
+    socket.destroy();
   }
 
   /** The connection has proved what it must (or the mode asks nothing): it leaves the pending budget for HTTP. */
