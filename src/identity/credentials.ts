@@ -99,7 +99,7 @@ function matchKey(leaf: X509Certificate, keyPem: string): void {
   try {
     keyDer = createPublicKey(createPrivateKey(keyPem)).export({ type: 'spki', format: 'der' });
   } catch {
-    return fail('the key file does not hold a readable private key');
+    fail('the key file does not hold a readable private key');
   }
   if (!keyDer.equals(leaf.publicKey.export({ type: 'spki', format: 'der' })))
     fail('the private key does not match the certificate');
