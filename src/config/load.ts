@@ -48,8 +48,31 @@ export interface ListenerTls {
   readonly clientCertificates: 'none' | 'optional' | 'require';
 }
 
+export interface LoginProviderConfig {
+  readonly name: string;
+  readonly issuer: string;
+  readonly clientId: string;
+  readonly clientSecretFile: string;
+  readonly scopes: readonly string[];
+}
+
+/** OpenID Connect login on a listener. */
+export interface LoginConfig {
+  readonly providers: readonly LoginProviderConfig[];
+  readonly callbackPath: string;
+  readonly logoutPath: string;
+  readonly externalUrl: string | null;
+  readonly cookie: { readonly name: string; readonly secretFile: string; readonly ttl: number };
+  /** [upstream header (lowercase), claim] pairs. */
+  readonly headers: readonly (readonly [string, string])[];
+  readonly skip: readonly string[];
+  readonly checkOrigin: boolean;
+}
+
 export interface ListenerConfig {
   readonly name: string;
+  /** People logging in through OpenID Connect, or null. */
+  readonly login: LoginConfig | null;
   /** Browser-facing TLS, or null: the SVID and the PeerAuthentication mode, as before. */
   readonly tls: ListenerTls | null;
   readonly rego: RegoConfig | null;
@@ -222,6 +245,20 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
     }
     addresses.set(addr, i);
   });
+  c.listeners.forEach((l, i) => {
+    l.login?.providers.forEach((p, j) => {
+      const url = new URL(p.issuer);
+      const loopback =
+        url.hostname === 'localhost' || url.hostname === '[::1]' || url.hostname.startsWith('127.');
+      if (url.protocol !== 'https:' && !(url.protocol === 'http:' && loopback)) {
+        issues.push({
+          file,
+          field: `listeners[${i}].login.providers[${j}].issuer`,
+          message: `${p.issuer}: an issuer is https:// (http:// only on a loopback address, for local providers)`,
+        });
+      }
+    });
+  });
   const timeoutProblem = (l: Limits, field: string): void => {
     // Node refuses a headers timeout longer than the request timeout; say so in config terms.
     if (l.requestTimeout > 0 && l.headersTimeout > l.requestTimeout) {
@@ -331,6 +368,29 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
           },
     listeners: c.listeners.map((l) => ({
       name: l.name,
+      login:
+        l.login === undefined
+          ? null
+          : {
+              providers: l.login.providers.map((p) => ({
+                name: p.name,
+                issuer: p.issuer,
+                clientId: p.clientId,
+                clientSecretFile: abs(p.clientSecretFile),
+                scopes: p.scopes,
+              })),
+              callbackPath: l.login.callbackPath,
+              logoutPath: l.login.logoutPath,
+              externalUrl: l.login.externalUrl ?? null,
+              cookie: {
+                name: l.login.cookie.name,
+                secretFile: abs(l.login.cookie.secretFile),
+                ttl: l.login.cookie.ttl,
+              },
+              headers: Object.entries(l.login.headers).map(([h, claim]) => [h.toLowerCase(), claim] as const),
+              skip: l.login.skip,
+              checkOrigin: l.login.checkOrigin,
+            },
       tls:
         l.tls === undefined
           ? null

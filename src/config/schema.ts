@@ -212,6 +212,43 @@ export const configSchema = z.strictObject({
             clientCertificates: z.enum(['none', 'optional', 'require']).default('require'),
           })
           .optional(),
+        /** People logging in through OpenID Connect (authorization code flow with PKCE). */
+        login: z
+          .strictObject({
+            providers: z
+              .array(
+                z.strictObject({
+                  name: z.string().regex(/^[a-zA-Z0-9_.-]+$/, 'letters, digits, ".", "-" and "_"'),
+                  issuer: z.string().url(),
+                  clientId: z.string().min(1),
+                  clientSecretFile: z.string().min(1),
+                  scopes: z.array(z.string().min(1)).default(['openid', 'profile', 'email']),
+                }),
+              )
+              .min(1, 'at least one provider')
+              .max(1, 'one provider per listener in this version'),
+            callbackPath: z.string().startsWith('/').default('/.portcullis/callback'),
+            logoutPath: z.string().startsWith('/').default('/.portcullis/logout'),
+            /** Pins the redirect URI's scheme and host when a proxy in front rewrites the Host. */
+            externalUrl: z.string().url().optional(),
+            cookie: z.strictObject({
+              name: z
+                .string()
+                .regex(/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/, 'a cookie name (RFC 6265 token)')
+                .default('__Host-portcullis'),
+              secretFile: z.string().min(1),
+              ttl: duration.default(8 * 3_600_000),
+            }),
+            /** Upstream header → ID token claim (e.g. x-forwarded-user: sub). */
+            headers: z
+              .record(z.string().regex(/^[a-zA-Z0-9-]+$/, 'a header name'), z.string().min(1))
+              .default({}),
+            /** Paths served without login (still authorized): exact, `prefix*`. */
+            skip: z.array(z.string().startsWith('/')).default([]),
+            /** Refuse state-changing requests with a session cookie and a foreign Origin (CSRF). */
+            checkOrigin: z.boolean().default(true),
+          })
+          .optional(),
         /** Offer HTTP/2 (ALPN h2) to clients beside HTTP/1.1; each stream is checked as a request. */
         http2: z.boolean().default(true),
         /** Rego compiled to WebAssembly, evaluated after the Istio policies. */

@@ -126,6 +126,26 @@ export const REPLIES = {
   requestTimeout: new LocalReply(408, 'request-timeout', '', { deny: true }),
   headerTooLarge: new LocalReply(431, 'header-too-large', '', { deny: true }),
   methodNotAllowed: new LocalReply(405, 'method-not-allowed', '', { deny: true }),
+  // Login (OpenID Connect) on a listener.
+  /** No session, and not a browser navigation (an API call, XHR): 401, never a redirect. */
+  loginRequired: new LocalReply(401, 'login-required', 'Login required', { deny: true }),
+  /** The callback came without a valid login transaction (expired, replayed, or never started here). */
+  loginExpired: new LocalReply(
+    400,
+    'login-expired',
+    'Bad Request: the login expired or was already used; start again',
+    {
+      deny: true,
+    },
+  ),
+  /** The provider's answer did not check out (state, nonce, code, ID token). */
+  loginFailed: new LocalReply(403, 'login-failed', 'Login failed', { deny: true }),
+  /** The provider cannot be reached (discovery failed). */
+  loginUnavailable: new LocalReply(503, 'login-unavailable', 'The login provider cannot be reached', {
+    deny: true,
+  }),
+  /** A state-changing request with a session cookie from another site (CSRF). */
+  csrfOrigin: new LocalReply(403, 'csrf-origin', 'Forbidden: cross-site request', { deny: true }),
   // The outbound listener (the app's calls out).
   /** REGISTRY_ONLY and a host no destination names (Istio answers such calls 502 from its BlackHole). */
   outboundUnregistered: new LocalReply(

@@ -4,6 +4,7 @@ import { Metrics } from '../admin/metrics.js';
 import { AdminServer, type AdminStatus } from '../admin/server.js';
 import { AuditLog } from '../audit/log.js';
 import { JwksRegistry, type JwksSource } from '../authn/jwks.js';
+import { CookieSealer, LoginProvider, readSessionKey } from '../authn/login.js';
 import { ExtAuthzClient } from '../authz/ext-authz.js';
 import { formatHostPort } from '../config/address.js';
 import type { Config, ListenerConfig } from '../config/load.js';
@@ -18,6 +19,7 @@ import { ListenerPlan, type Stage } from './plan.js';
 import { loadSnapshot, type Snapshot } from './snapshot.js';
 import { AuthzStage, CustomAuthzStage } from './stages/authz.js';
 import { JwtStage } from './stages/jwt.js';
+import { LoginStage } from './stages/login.js';
 import { RegoStage } from './stages/rego.js';
 import { RequestLineStage } from './stages/request-line.js';
 import { Upstream } from './upstream.js';
@@ -70,6 +72,11 @@ export class Portcullis implements AdminStatus {
   private admin: AdminServer | null = null;
   private watcher: FolderWatcher | null = null;
   private readonly upstreams = new Map<string, Upstream>();
+  /** Per listener with `login`: its provider, and the session key and sealer in force. */
+  private readonly logins = new Map<
+    string,
+    { provider: LoginProvider; key: Uint8Array; sealer: CookieSealer }
+  >();
   readonly jwks: JwksRegistry;
   /** External authorizers for CUSTOM policies, by provider name (from the config; fixed for the run). */
   readonly extAuthz: ReadonlyMap<string, ExtAuthzClient>;
@@ -248,6 +255,52 @@ export class Portcullis implements AdminStatus {
     });
   }
 
+  /**
+   * The login stage of a listener with `login`: its provider (discovered once, kept across
+   * reloads) and the session key read again on each reload — a changed key seals new sessions
+   * while the previous one still opens the sessions it sealed. Throws ConfigError naming the field.
+   */
+  private loginStage(lc: ListenerConfig): LoginStage | null {
+    const login = lc.login;
+    if (login === null) return null;
+    const index = this.config.listeners.indexOf(lc);
+    const field = (f: string): string => `listeners[${index}].login.${f}`;
+    let key: Uint8Array;
+    try {
+      key = readSessionKey(login.cookie.secretFile);
+    } catch (err) {
+      throw new ConfigError('ERR_CONFIG_INVALID', [
+        {
+          file: this.config.file,
+          field: field('cookie.secretFile'),
+          message: `${login.cookie.secretFile}: ${errorMessage(err)}`,
+        },
+      ]);
+    }
+    let state = this.logins.get(lc.name);
+    if (state === undefined) {
+      const pc = login.providers[0] as (typeof login.providers)[number];
+      let provider: LoginProvider;
+      try {
+        provider = new LoginProvider(pc);
+      } catch (err) {
+        throw new ConfigError('ERR_CONFIG_INVALID', [
+          {
+            file: this.config.file,
+            field: field('providers[0].clientSecretFile'),
+            message: `${pc.clientSecretFile}: ${errorMessage(err)}`,
+          },
+        ]);
+      }
+      state = { provider, key, sealer: new CookieSealer(key) };
+      this.logins.set(lc.name, state);
+    } else if (!Buffer.from(state.key).equals(Buffer.from(key))) {
+      state = { provider: state.provider, key, sealer: new CookieSealer(key, [state.key]) };
+      this.logins.set(lc.name, state);
+    }
+    return new LoginStage(login, state.provider, state.sealer, this.log);
+  }
+
   private plan(
     lc: ListenerConfig,
     snapshot: Snapshot,
@@ -264,6 +317,8 @@ export class Portcullis implements AdminStatus {
     const decision = snapshot.peerAuthn.get(lc.name);
     if (decision === undefined) throw new Error(`no peer authentication resolved for listener ${lc.name}`);
     const stages: Stage[] = [requestLine];
+    const login = this.loginStage(lc);
+    if (login !== null) stages.push(login);
     if (jwt !== null) stages.push(jwt);
     if (authz !== null) stages.push(authz);
     if (custom !== null) stages.push(custom);

@@ -1,0 +1,316 @@
+import type { Logger } from 'pino';
+import type { CookieSealer, LoginProvider, LoginTransaction, Session } from '../../authn/login.js';
+import type { LoginConfig } from '../../config/load.js';
+import type { RequestContext } from '../context.js';
+import { LocalReply, REPLIES } from '../local-reply.js';
+import type { Stage, StageResult } from '../plan.js';
+
+/** How long a login may take, from the redirect to the provider to the callback. */
+const TRANSACTION_SECONDS = 600;
+/** Browsers keep cookies up to 4096 bytes (name, value and attributes). */
+const MAX_COOKIE_VALUE = 3800;
+/** ID token claims that only concern the token itself, not the person. */
+const TOKEN_ONLY_CLAIMS = new Set([
+  'nonce',
+  'at_hash',
+  'c_hash',
+  's_hash',
+  'exp',
+  'iat',
+  'nbf',
+  'jti',
+  'sid',
+]);
+
+/**
+ * People logging in through OpenID Connect (authorization code flow with PKCE, `state` and
+ * `nonce`, through openid-client). A valid session cookie makes the request's principal
+ * `<iss>/<sub>` with the ID token's claims — what AuthorizationPolicy's `requestPrincipals` and
+ * `request.auth.claims[...]` read, exactly as for a JWT — and sets the configured identity headers
+ * (client copies always removed). Without a session: a peer with a verified SVID goes on (machine
+ * callers); a browser navigation is sent to the provider and brought back to the page it asked
+ * for; anything else (an API call, XHR) gets 401, never a redirect. The session and transaction
+ * cookies never reach the upstream.
+ */
+export class LoginStage implements Stage {
+  readonly name = 'login';
+  private readonly config: LoginConfig;
+  private readonly provider: LoginProvider;
+  private readonly sealer: CookieSealer;
+  private readonly txName: string;
+  private readonly log: Logger;
+  /** Upstream headers the stage sets from claims: the client's own copies never pass. */
+  readonly outputHeaders: readonly string[];
+
+  constructor(config: LoginConfig, provider: LoginProvider, sealer: CookieSealer, log: Logger) {
+    this.config = config;
+    this.provider = provider;
+    this.sealer = sealer;
+    this.txName = `${config.cookie.name}-tx`;
+    this.log = log;
+    this.outputHeaders = config.headers.map(([h]) => h);
+  }
+
+  run(ctx: RequestContext): StageResult | Promise<StageResult> {
+    const a = ctx.attrs;
+    for (const h of this.outputHeaders) if (a.headers[h] !== undefined) ctx.dropHeader(h);
+    const cookies = a.headers.cookie;
+    const session = cookies === undefined ? undefined : cookieValue(cookies, this.config.cookie.name);
+    const tx = cookies === undefined ? undefined : cookieValue(cookies, this.txName);
+    if (session !== undefined || tx !== undefined) {
+      // Our cookies are the proxy's business: the upstream sees the others only.
+      const rest = withoutCookies(cookies as string, this.config.cookie.name, this.txName);
+      if (rest === '') ctx.dropHeader('cookie');
+      else ctx.addHeader('cookie', rest);
+    }
+    if (a.path === this.config.callbackPath) return this.callback(ctx, tx);
+    if (a.path === this.config.logoutPath) return this.logout(ctx);
+    if (session !== undefined) {
+      const now = Math.floor(Date.now() / 1000);
+      const cached = this.sealer.cachedSession(session, now);
+      if (cached !== undefined) return this.withSession(ctx, cached);
+      return this.sealer.openSession(session, now).then((s) => this.withSession(ctx, s));
+    }
+    return this.withoutSession(ctx);
+  }
+
+  private withSession(ctx: RequestContext, s: Session | null): StageResult | Promise<StageResult> {
+    if (s === null) return this.withoutSession(ctx); // tampered, another key, or expired: log in again
+    const a = ctx.attrs;
+    if (this.config.checkOrigin && !SAFE_METHODS.has(a.method) && foreignOrigin(ctx, this.origin(ctx)))
+      return REPLIES.csrfOrigin;
+    a.requestPrincipal = `${s.iss}/${s.sub}`;
+    a.claims = s.claims;
+    const aud = s.claims.aud;
+    a.audiences =
+      typeof aud === 'string' ? [aud] : Array.isArray(aud) ? aud.filter((x) => typeof x === 'string') : [];
+    a.presenter = typeof s.claims.azp === 'string' ? s.claims.azp : '';
+    for (const [header, claim] of this.config.headers) {
+      const v = s.claims[claim];
+      if (typeof v === 'string') ctx.addHeader(header, isPrintableAscii(v) ? v : encodeURIComponent(v));
+      else if (typeof v === 'number' || typeof v === 'boolean') ctx.addHeader(header, String(v));
+    }
+    return null;
+  }
+
+  private withoutSession(ctx: RequestContext): StageResult | Promise<StageResult> {
+    const a = ctx.attrs;
+    // A machine caller that proved an SVID (clientCertificates: optional) needs no login: policies
+    // decide on its principal. Skipped paths are served without one (and still authorized).
+    if (a.peerPrincipal !== '' || matchesSkip(a.path, this.config.skip)) return null;
+    if (!isNavigation(ctx)) return REPLIES.loginRequired;
+    return this.startLogin(ctx);
+  }
+
+  /** Off to the provider, with a transaction cookie holding what the callback must match. */
+  private async startLogin(ctx: RequestContext): Promise<StageResult> {
+    const client = await import('openid-client');
+    let configuration: Awaited<ReturnType<LoginProvider['discovered']>>;
+    try {
+      configuration = await this.provider.discovered();
+    } catch (err) {
+      this.log.warn(
+        { provider: this.provider.config.name, err: (err as Error).message },
+        'OpenID provider discovery failed',
+      );
+      return REPLIES.loginUnavailable;
+    }
+    const verifier = client.randomPKCECodeVerifier();
+    const tx: LoginTransaction = {
+      state: client.randomState(),
+      nonce: client.randomNonce(),
+      verifier,
+      returnTo: safeReturnPath(ctx.target),
+      provider: this.provider.config.name,
+      exp: Math.floor(Date.now() / 1000) + TRANSACTION_SECONDS,
+    };
+    const url = client.buildAuthorizationUrl(configuration, {
+      redirect_uri: `${this.origin(ctx)}${this.config.callbackPath}`,
+      scope: this.provider.config.scopes.join(' '),
+      code_challenge: await client.calculatePKCECodeChallenge(verifier),
+      code_challenge_method: 'S256',
+      state: tx.state,
+      nonce: tx.nonce,
+    });
+    const cookie = setCookie(this.txName, await this.sealer.seal(tx, 'tx'), TRANSACTION_SECONDS);
+    return redirect(url.href, [cookie], 'login-required', true);
+  }
+
+  /** The provider sent the browser back: exchange the code, check the ID token, open a session. */
+  private async callback(ctx: RequestContext, txValue: string | undefined): Promise<StageResult> {
+    const now = Math.floor(Date.now() / 1000);
+    const tx = txValue === undefined ? null : await this.sealer.openTransaction(txValue, now);
+    if (tx === null) return REPLIES.loginExpired;
+    const client = await import('openid-client');
+    let claims: Record<string, unknown>;
+    try {
+      const configuration = await this.provider.discovered();
+      const tokens = await client.authorizationCodeGrant(
+        configuration,
+        new URL(`${this.origin(ctx)}${ctx.target}`),
+        {
+          pkceCodeVerifier: tx.verifier,
+          expectedState: tx.state,
+          expectedNonce: tx.nonce,
+          idTokenExpected: true,
+        },
+      );
+      claims = { ...(tokens.claims() ?? {}) };
+    } catch (err) {
+      // The reason, never the code or a token.
+      const e = err as Error & { code?: string; error?: string };
+      this.log.warn(
+        { provider: tx.provider, code: e.code, error: e.error, message: e.message },
+        'login refused at the callback',
+      );
+      return REPLIES.loginFailed;
+    }
+    for (const k of TOKEN_ONLY_CLAIMS) delete claims[k];
+    const ttl = Math.floor(this.config.cookie.ttl / 1000);
+    const session: Session = {
+      iss: String(claims.iss),
+      sub: String(claims.sub),
+      claims,
+      provider: tx.provider,
+      exp: now + ttl,
+    };
+    let value = await this.sealer.seal(session, 'session');
+    if (value.length > MAX_COOKIE_VALUE) {
+      // Too many claims for one cookie: keep the ones policies and headers most often read.
+      this.log.warn(
+        { provider: tx.provider, bytes: value.length },
+        'ID token claims too large for the session cookie; keeping the usual ones',
+      );
+      value = await this.sealer.seal({ ...session, claims: pick(claims, KEPT_CLAIMS) }, 'session');
+    }
+    return redirect(
+      tx.returnTo,
+      [setCookie(this.config.cookie.name, value, ttl), setCookie(this.txName, '', 0)],
+      'login-complete',
+      false,
+    );
+  }
+
+  /** Clears the session and, when the provider has an end-session endpoint, ends its session too. */
+  private async logout(ctx: RequestContext): Promise<StageResult> {
+    let to = '/';
+    try {
+      const configuration = await this.provider.discovered();
+      if (configuration.serverMetadata().end_session_endpoint !== undefined) {
+        const client = await import('openid-client');
+        to = client.buildEndSessionUrl(configuration, { client_id: this.provider.config.clientId }).href;
+      }
+    } catch {
+      // The provider cannot be reached: the local session ends anyway.
+    }
+    void ctx;
+    return redirect(
+      to,
+      [setCookie(this.config.cookie.name, '', 0), setCookie(this.txName, '', 0)],
+      'logout',
+      false,
+    );
+  }
+
+  /** The origin redirect URIs are built on: `externalUrl`, else the request's own (always https). */
+  private origin(ctx: RequestContext): string {
+    const ext = this.config.externalUrl;
+    return ext === null ? `https://${ctx.attrs.host}` : new URL(ext).origin;
+  }
+}
+
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
+const KEPT_CLAIMS = [
+  'iss',
+  'sub',
+  'aud',
+  'azp',
+  'email',
+  'email_verified',
+  'name',
+  'preferred_username',
+  'groups',
+  'roles',
+];
+
+function pick(o: Record<string, unknown>, keys: readonly string[]): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const k of keys) if (o[k] !== undefined) out[k] = o[k];
+  return out;
+}
+
+function redirect(location: string, cookies: string[], reason: string, deny: boolean): LocalReply {
+  return new LocalReply(302, reason, '', {
+    deny,
+    headers: { location, 'set-cookie': cookies, 'cache-control': 'no-store' },
+  });
+}
+
+/** `__Host-` cookies must be Secure, for Path=/, without Domain (RFC 6265bis); every one of ours is. */
+function setCookie(name: string, value: string, maxAge: number): string {
+  return `${name}=${value}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=${maxAge}`;
+}
+
+/** A cookie's value from a Cookie header, or undefined. */
+export function cookieValue(header: string, name: string): string | undefined {
+  for (const part of header.split(';')) {
+    const eq = part.indexOf('=');
+    if (eq === -1) continue;
+    if (part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
+  }
+  return undefined;
+}
+
+function withoutCookies(header: string, a: string, b: string): string {
+  return header
+    .split(';')
+    .map((p) => p.trim())
+    .filter((p) => {
+      const name = p.slice(0, Math.max(0, p.indexOf('='))).trim();
+      return p !== '' && name !== a && name !== b;
+    })
+    .join('; ');
+}
+
+/**
+ * Where to come back after login: this request's own path and query. A path that a browser
+ * would read as another origin (`//evil.example`, `/\evil.example`) becomes `/`.
+ */
+export function safeReturnPath(target: string): string {
+  if (!target.startsWith('/') || target.startsWith('//') || target.startsWith('/\\')) return '/';
+  return target;
+}
+
+/** A top-level browser navigation (the one case a redirect to a login page makes sense). */
+function isNavigation(ctx: RequestContext): boolean {
+  const a = ctx.attrs;
+  if (a.method !== 'GET' && a.method !== 'HEAD') return false;
+  const mode = a.headers['sec-fetch-mode'];
+  if (typeof mode === 'string') return mode === 'navigate';
+  if (a.headers['x-requested-with'] !== undefined) return false;
+  const accept = a.headers.accept;
+  return typeof accept === 'string' && accept.includes('text/html');
+}
+
+/** A state-changing request from another site: its Origin (or Sec-Fetch-Site) says so. */
+function foreignOrigin(ctx: RequestContext, own: string): boolean {
+  const h = ctx.attrs.headers;
+  const origin = h.origin;
+  if (typeof origin === 'string') return origin !== own;
+  return h['sec-fetch-site'] === 'cross-site';
+}
+
+function matchesSkip(path: string, skip: readonly string[]): boolean {
+  for (const s of skip) {
+    if (s.endsWith('*') ? path.startsWith(s.slice(0, -1)) : path === s) return true;
+  }
+  return false;
+}
+
+function isPrintableAscii(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x20 || c > 0x7e) return false;
+  }
+  return true;
+}

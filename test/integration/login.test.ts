@@ -1,0 +1,296 @@
+import { Agent, request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { configFromObject } from '../../src/config/load.js';
+import { createCa, issueCertificate, KeyUsage, type PemPair } from '../../src/identity/dev-ca.js';
+import { type Harness, startHarness } from '../helpers/harness.js';
+import { CookieJar, TestProvider } from '../helpers/oidc.js';
+import { makePki } from '../helpers/pki.js';
+import type { EchoReply } from '../helpers/upstream.js';
+
+/**
+ * People logging in at an OpenID provider through Portcullis (authorization code + PKCE): a real
+ * provider (oidc-provider), an HTTP client that keeps cookies and fills the provider's login and
+ * consent forms as a person would, and an upstream that sees who logged in.
+ */
+
+const EXTERNAL = 'https://app.example';
+const POLICIES = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: admins-only, namespace: default }
+spec:
+  selector: { matchLabels: { app: api } }
+  action: DENY
+  rules:
+    - to: [{ operation: { paths: ["/admin/*"] } }]
+      when: [{ key: "request.auth.claims[groups]", notValues: ["admins"] }]
+`;
+
+interface Step {
+  status: number;
+  url: string;
+  location: string | null;
+  body: string;
+  setCookies: string[];
+}
+
+describe('OpenID Connect login at the edge', () => {
+  let op: TestProvider;
+  let h: Harness;
+  let webCa: PemPair;
+  let dispatcher: Agent;
+  let origin: string;
+
+  /** One request as a browser would send it, cookies from the jar (redirects not followed). */
+  async function step(
+    jar: CookieJar,
+    url: string,
+    init: { method?: string; body?: string; headers?: Record<string, string> } = {},
+  ): Promise<Step> {
+    const headers: Record<string, string> = {
+      accept: 'text/html',
+      'sec-fetch-mode': 'navigate',
+      ...init.headers,
+    };
+    const cookie = jar.header(url);
+    if (cookie !== '') headers.cookie = cookie;
+    if (init.body !== undefined) headers['content-type'] = 'application/x-www-form-urlencoded';
+    // undici's request, not fetch: fetch would replace Sec-Fetch-Mode, which a browser sets itself.
+    const res = await request(url, { method: init.method ?? 'GET', headers, body: init.body, dispatcher });
+    const raw = res.headers['set-cookie'];
+    const setCookies = raw === undefined ? [] : Array.isArray(raw) ? raw : [raw];
+    jar.store(url, setCookies);
+    const loc = res.headers.location;
+    // The redirect URI is pinned to EXTERNAL (externalUrl); this machine reaches it on localhost.
+    const location = typeof loc !== 'string' ? null : new URL(loc, url).href.replace(EXTERNAL, origin);
+    return { status: res.statusCode, url, location, body: await res.body.text(), setCookies };
+  }
+
+  /**
+   * Follows a browser's way from `url`: redirects, and the provider's login and consent forms
+   * (signing in as `user`). Stops at the first answer that is neither, or before the callback
+   * when `untilCallback`.
+   */
+  async function browse(
+    jar: CookieJar,
+    url: string,
+    user: string,
+    untilCallback = false,
+  ): Promise<Step & { trail: Step[] }> {
+    const trail: Step[] = [];
+    let next: { url: string; method?: string; body?: string } = { url };
+    for (let i = 0; i < 20; i++) {
+      const s = await step(jar, next.url, next);
+      trail.push(s);
+      if (s.location !== null) {
+        if (untilCallback && s.location.startsWith(`${origin}/.portcullis/callback`)) return { ...s, trail };
+        next = { url: s.location };
+        continue;
+      }
+      const action = /<form[^>]*action="([^"]+)"/.exec(s.body)?.[1];
+      if (s.url.startsWith(op.issuer) && action !== undefined) {
+        const form = s.body.includes('name="login"')
+          ? new URLSearchParams({ prompt: 'login', login: user, password: 'any' })
+          : new URLSearchParams({ prompt: 'consent' });
+        next = { url: new URL(action, s.url).href, method: 'POST', body: form.toString() };
+        continue;
+      }
+      return { ...s, trail };
+    }
+    throw new Error(`no end after 20 steps from ${url}`);
+  }
+
+  beforeAll(async () => {
+    const pki = await makePki();
+    webCa = await createCa('web.example');
+    const web = await issueCertificate(webCa, {
+      commonName: 'localhost',
+      dnsNames: ['localhost'],
+      keyUsage: KeyUsage.digitalSignature,
+      extendedKeyUsage: ['1.3.6.1.5.5.7.3.1'],
+    });
+    op = new TestProvider();
+    const issuer = await op.start('portcullis', 'client-secret', `${EXTERNAL}/.portcullis/callback`);
+    h = await startHarness({
+      pki,
+      policies: POLICIES,
+      files: {
+        'web.pem': web.certPem,
+        'web.key': web.keyPem,
+        'client-secret': 'client-secret\n',
+        'cookie.key': `${Buffer.alloc(32, 7).toString('base64')}\n`,
+      },
+      listener: {
+        tls: { cert: 'web.pem', key: 'web.key', clientCertificates: 'optional' },
+        login: {
+          providers: [
+            {
+              name: 'test',
+              issuer,
+              clientId: 'portcullis',
+              clientSecretFile: 'client-secret',
+              scopes: ['openid', 'email', 'profile', 'groups'],
+            },
+          ],
+          externalUrl: EXTERNAL,
+          cookie: { secretFile: 'cookie.key' },
+          headers: { 'x-forwarded-user': 'sub', 'x-forwarded-email': 'email' },
+          skip: ['/healthz'],
+        },
+      },
+    });
+    origin = `https://localhost:${h.port}`;
+    dispatcher = new Agent({ connect: { ca: webCa.certPem, servername: 'localhost' } });
+  });
+  afterAll(async () => {
+    await h.close();
+    await op.close();
+    await dispatcher.close();
+  });
+
+  it('an API call without a session gets 401, never a redirect; a skipped path is served', async () => {
+    const api = await step(new CookieJar(), `${origin}/api/items`, {
+      headers: { accept: 'application/json', 'sec-fetch-mode': 'cors' },
+    });
+    expect(api.status).toBe(401);
+    expect(api.location).toBeNull();
+    expect((await step(new CookieJar(), `${origin}/healthz`)).status).toBe(200);
+  });
+
+  it('a browser is sent to the provider with PKCE, state and nonce, in a transaction cookie', async () => {
+    const s = await step(new CookieJar(), `${origin}/app/page?x=1`);
+    expect(s.status).toBe(302);
+    const to = new URL(s.location as string);
+    expect(to.origin).toBe(op.issuer);
+    expect(to.searchParams.get('code_challenge_method')).toBe('S256');
+    expect(to.searchParams.get('redirect_uri')).toBe(`${EXTERNAL}/.portcullis/callback`);
+    for (const p of ['state', 'nonce', 'code_challenge'])
+      expect(to.searchParams.get(p)).toMatch(/^[\w-]{20,}$/);
+    const tx = s.setCookies.find((c) => c.startsWith('__Host-portcullis-tx='));
+    expect(tx).toMatch(/; Path=\/; Secure; HttpOnly; SameSite=Lax; Max-Age=600$/);
+  });
+
+  it('logs a person in and back to the page asked for; the upstream sees who, never the session cookie', async () => {
+    const jar = new CookieJar();
+    jar.set(origin, 'theme', 'dark');
+    const end = await browse(jar, `${origin}/app/page?x=1`, 'alice');
+    expect(end.status).toBe(200);
+    expect(end.url).toBe(`${origin}/app/page?x=1`);
+    const e = JSON.parse(end.body) as EchoReply;
+    expect(e.headers['x-forwarded-user']).toBe('alice');
+    expect(e.headers['x-forwarded-email']).toBe('alice@example.com');
+    expect(e.headers.cookie).toBe('theme=dark');
+    const session = end.trail.flatMap((s) => s.setCookies).find((c) => c.startsWith('__Host-portcullis='));
+    expect(session).toMatch(/; Path=\/; Secure; HttpOnly; SameSite=Lax; Max-Age=28800$/);
+    // Client copies of identity headers never pass.
+    const forged = await step(jar, `${origin}/app/who`, { headers: { 'x-forwarded-user': 'admin' } });
+    expect((JSON.parse(forged.body) as EchoReply).headers['x-forwarded-user']).toBe('alice');
+  });
+
+  it('AuthorizationPolicy decides on the claims: only admins reach /admin/*', async () => {
+    const alice = new CookieJar();
+    expect((await browse(alice, `${origin}/admin/panel`, 'alice')).status).toBe(403);
+    const admin = new CookieJar();
+    const r = await browse(admin, `${origin}/admin/panel`, 'admin');
+    expect(r.status).toBe(200);
+    expect((JSON.parse(r.body) as EchoReply).headers['x-forwarded-user']).toBe('admin');
+  });
+
+  it('a tampered session cookie means logging in again', async () => {
+    const jar = new CookieJar();
+    await browse(jar, `${origin}/app/page`, 'alice');
+    const value = jar.get(origin, '__Host-portcullis') as string;
+    jar.set(origin, '__Host-portcullis', `${value.slice(0, -6)}AAAAAA`);
+    const s = await step(jar, `${origin}/app/page`);
+    expect(s.status).toBe(302);
+    expect(s.location?.startsWith(op.issuer)).toBe(true);
+  });
+
+  it('refuses a callback whose state does not match, and a replayed code', async () => {
+    const jar = new CookieJar();
+    const atCallback = await browse(jar, `${origin}/app/page`, 'alice', true);
+    const callback = new URL(atCallback.location as string);
+    const tx = jar.get(origin, '__Host-portcullis-tx') as string;
+    const forged = new URL(callback);
+    forged.searchParams.set('state', 'not-the-state');
+    expect((await step(jar, forged.href)).status).toBe(403);
+    // The real one still works once...
+    jar.set(origin, '__Host-portcullis-tx', tx);
+    const ok = await step(jar, callback.href);
+    expect(ok.status).toBe(302);
+    expect(ok.location).toBe(`${origin}/app/page`);
+    // ...and not twice: the provider refuses the used code, even with the transaction cookie back.
+    jar.set(origin, '__Host-portcullis-tx', tx);
+    expect((await step(jar, callback.href)).status).toBe(403);
+    // Without a transaction at all: start again.
+    expect((await step(new CookieJar(), callback.href)).status).toBe(400);
+  });
+
+  it('comes back to this origin only, whatever path the login started from', async () => {
+    const jar = new CookieJar();
+    const atCallback = await browse(jar, `${origin}//evil.example/steal`, 'alice', true);
+    const done = await step(jar, atCallback.location as string);
+    expect(done.status).toBe(302);
+    expect(done.location).toBe(`${origin}/`);
+  });
+
+  it('refuses a state-changing request with the session from another site (CSRF)', async () => {
+    const jar = new CookieJar();
+    await browse(jar, `${origin}/app/page`, 'alice');
+    const foreign = await step(jar, `${origin}/app/transfer`, {
+      method: 'POST',
+      body: 'amount=100',
+      headers: { origin: 'https://evil.example' },
+    });
+    expect(foreign.status).toBe(403);
+    const same = await step(jar, `${origin}/app/transfer`, {
+      method: 'POST',
+      body: 'amount=1',
+      headers: { origin: EXTERNAL },
+    });
+    expect(same.status).toBe(200);
+  });
+
+  it('logout clears the session and ends the provider session', async () => {
+    const jar = new CookieJar();
+    await browse(jar, `${origin}/app/page`, 'alice');
+    const out = await step(jar, `${origin}/.portcullis/logout`);
+    expect(out.status).toBe(302);
+    expect(out.location?.startsWith(`${op.issuer}/session/end`)).toBe(true);
+    expect(out.setCookies.some((c) => /^__Host-portcullis=; .*Max-Age=0/.test(c))).toBe(true);
+    expect(jar.get(origin, '__Host-portcullis')).toBeUndefined();
+    expect((await step(jar, `${origin}/app/page`)).status).toBe(302);
+  });
+});
+
+describe('login configuration', () => {
+  const login = (issuer: string): Record<string, unknown> => ({
+    providers: [{ name: 'corp', issuer, clientId: 'c', clientSecretFile: 'secret' }],
+    cookie: { secretFile: 'cookie.key' },
+  });
+
+  it('takes an https issuer, or http on loopback only', () => {
+    const raw = (issuer: string): unknown => ({
+      trustDomain: 'example.org',
+      identity: { cert: 'a.pem', key: 'a.key', bundles: { 'example.org': 'b.pem' } },
+      listeners: [
+        { name: 'web', address: '127.0.0.1:0', upstream: 'http://127.0.0.1:1', login: login(issuer) },
+      ],
+    });
+    expect(() => configFromObject(raw('https://idp.example.com'), '/tmp')).not.toThrow();
+    expect(() => configFromObject(raw('http://127.0.0.1:9000'), '/tmp')).not.toThrow();
+    expect(() => configFromObject(raw('http://idp.example.com'), '/tmp')).toThrow(
+      /listeners\[0\]\.login\.providers\[0\]\.issuer: http:\/\/idp\.example\.com: an issuer is https:\/\//,
+    );
+  });
+
+  it('refuses a session key shorter than 32 bytes, naming the field, and nothing listens', async () => {
+    await expect(
+      startHarness({
+        files: { secret: 's', 'cookie.key': `${Buffer.alloc(16, 1).toString('base64')}\n` },
+        listener: { login: login('https://idp.example.com') },
+      }),
+    ).rejects.toThrow(
+      /listeners\[0\]\.login\.cookie\.secretFile: .*cookie\.key: 16 bytes; a session key is at least 32 random bytes/,
+    );
+  });
+});
