@@ -16,9 +16,15 @@ export class TestProvider {
     this.server = http.createServer();
   }
 
-  async start(clientId: string, clientSecret: string, redirectUri: string): Promise<string> {
+  /** Listens first, so that the issuer is known before the relying party's redirect URI is. */
+  async listen(): Promise<string> {
     await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
     this.issuer = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+    return this.issuer;
+  }
+
+  /** Registers the one client and starts answering. */
+  configure(clientId: string, clientSecret: string, redirectUri: string): void {
     const provider = new Provider(this.issuer, {
       clients: [
         {
@@ -47,6 +53,11 @@ export class TestProvider {
     } as ConstructorParameters<typeof Provider>[1]);
     this.provider = provider;
     this.server.on('request', provider.callback());
+  }
+
+  async start(clientId: string, clientSecret: string, redirectUri: string): Promise<string> {
+    await this.listen();
+    this.configure(clientId, clientSecret, redirectUri);
     return this.issuer;
   }
 
