@@ -1,6 +1,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import Provider from 'oidc-provider';
+import { type Agent, request } from 'undici';
 
 /**
  * A real OpenID provider for tests: panva's oidc-provider (a certified OP) on loopback, with one
@@ -100,5 +101,97 @@ export class CookieJar {
     const jar = this.jars.get(host) ?? new Map<string, string>();
     this.jars.set(host, jar);
     jar.set(name, value);
+  }
+}
+
+export interface Step {
+  status: number;
+  url: string;
+  location: string | null;
+  body: string;
+  setCookies: string[];
+}
+
+/**
+ * A browser's way through a login, over HTTP: requests with the jar's cookies and a top-level
+ * navigation's headers, redirects followed by hand, and the provider's login and consent forms
+ * filled as a person would. `external` is the origin redirect URIs name (`externalUrl`), reached
+ * here at `origin`.
+ */
+export class BrowserWalk {
+  private readonly dispatcher: Agent;
+  private readonly issuer: string;
+  private readonly origin: string;
+  private readonly external: string;
+
+  constructor(dispatcher: Agent, issuer: string, origin: string, external: string = origin) {
+    this.dispatcher = dispatcher;
+    this.issuer = issuer;
+    this.origin = origin;
+    this.external = external;
+  }
+
+  /** One request as a browser would send it, cookies from the jar (redirects not followed). */
+  async step(
+    jar: CookieJar,
+    url: string,
+    init: { method?: string; body?: string; headers?: Record<string, string> } = {},
+  ): Promise<Step> {
+    const headers: Record<string, string> = {
+      accept: 'text/html',
+      'sec-fetch-mode': 'navigate',
+      ...init.headers,
+    };
+    const cookie = jar.header(url);
+    if (cookie !== '') headers.cookie = cookie;
+    if (init.body !== undefined) headers['content-type'] = 'application/x-www-form-urlencoded';
+    // undici's request, not fetch: fetch would replace Sec-Fetch-Mode, which a browser sets itself.
+    const res = await request(url, {
+      method: (init.method ?? 'GET') as 'GET',
+      headers,
+      body: init.body,
+      dispatcher: this.dispatcher,
+    });
+    const raw = res.headers['set-cookie'];
+    const setCookies = raw === undefined ? [] : Array.isArray(raw) ? raw : [raw];
+    jar.store(url, setCookies);
+    const loc = res.headers.location;
+    const location =
+      typeof loc !== 'string' ? null : new URL(loc, url).href.replace(this.external, this.origin);
+    return { status: res.statusCode, url, location, body: await res.body.text(), setCookies };
+  }
+
+  /**
+   * Follows a browser's way from `url`, signing in as `user`. Stops at the first answer that is
+   * neither a redirect nor a provider form, or before the callback when `untilCallback`.
+   */
+  async browse(
+    jar: CookieJar,
+    url: string,
+    user: string,
+    untilCallback = false,
+  ): Promise<Step & { trail: Step[] }> {
+    const trail: Step[] = [];
+    let next: { url: string; method?: string; body?: string } = { url };
+    for (let i = 0; i < 20; i++) {
+      const s = await this.step(jar, next.url, next);
+      trail.push(s);
+      if (s.location !== null) {
+        if (untilCallback && s.location.startsWith(`${this.origin}/.portcullis/callback`))
+          return { ...s, trail };
+        next = { url: s.location };
+        continue;
+      }
+      const action = /<form[^>]*action="([^"]+)"/.exec(s.body)?.[1];
+      if (s.url.startsWith(this.issuer) && action !== undefined) {
+        const form = s.body.includes('name="login"')
+          ? new URLSearchParams({ prompt: 'login', login: user, password: 'any' })
+          : new URLSearchParams({ prompt: 'consent' });
+        next = { url: new URL(action, s.url).href, method: 'POST', body: form.toString() };
+        continue;
+      }
+      return { ...s, trail };
+    }
+    throw new Error(`no end after 20 steps from ${url}`);
   }
 }

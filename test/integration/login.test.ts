@@ -1,9 +1,9 @@
-import { Agent, request } from 'undici';
+import { Agent } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { configFromObject } from '../../src/config/load.js';
 import { createCa, issueCertificate, KeyUsage, type PemPair } from '../../src/identity/dev-ca.js';
 import { type Harness, startHarness } from '../helpers/harness.js';
-import { CookieJar, TestProvider } from '../helpers/oidc.js';
+import { BrowserWalk, CookieJar, TestProvider } from '../helpers/oidc.js';
 import { makePki } from '../helpers/pki.js';
 import type { EchoReply } from '../helpers/upstream.js';
 
@@ -25,14 +25,6 @@ spec:
       when: [{ key: "request.auth.claims[groups]", notValues: ["admins"] }]
 `;
 
-interface Step {
-  status: number;
-  url: string;
-  location: string | null;
-  body: string;
-  setCookies: string[];
-}
-
 describe('OpenID Connect login at the edge', () => {
   let op: TestProvider;
   let h: Harness;
@@ -40,64 +32,8 @@ describe('OpenID Connect login at the edge', () => {
   let dispatcher: Agent;
   let origin: string;
 
-  /** One request as a browser would send it, cookies from the jar (redirects not followed). */
-  async function step(
-    jar: CookieJar,
-    url: string,
-    init: { method?: string; body?: string; headers?: Record<string, string> } = {},
-  ): Promise<Step> {
-    const headers: Record<string, string> = {
-      accept: 'text/html',
-      'sec-fetch-mode': 'navigate',
-      ...init.headers,
-    };
-    const cookie = jar.header(url);
-    if (cookie !== '') headers.cookie = cookie;
-    if (init.body !== undefined) headers['content-type'] = 'application/x-www-form-urlencoded';
-    // undici's request, not fetch: fetch would replace Sec-Fetch-Mode, which a browser sets itself.
-    const res = await request(url, { method: init.method ?? 'GET', headers, body: init.body, dispatcher });
-    const raw = res.headers['set-cookie'];
-    const setCookies = raw === undefined ? [] : Array.isArray(raw) ? raw : [raw];
-    jar.store(url, setCookies);
-    const loc = res.headers.location;
-    // The redirect URI is pinned to EXTERNAL (externalUrl); this machine reaches it on localhost.
-    const location = typeof loc !== 'string' ? null : new URL(loc, url).href.replace(EXTERNAL, origin);
-    return { status: res.statusCode, url, location, body: await res.body.text(), setCookies };
-  }
-
-  /**
-   * Follows a browser's way from `url`: redirects, and the provider's login and consent forms
-   * (signing in as `user`). Stops at the first answer that is neither, or before the callback
-   * when `untilCallback`.
-   */
-  async function browse(
-    jar: CookieJar,
-    url: string,
-    user: string,
-    untilCallback = false,
-  ): Promise<Step & { trail: Step[] }> {
-    const trail: Step[] = [];
-    let next: { url: string; method?: string; body?: string } = { url };
-    for (let i = 0; i < 20; i++) {
-      const s = await step(jar, next.url, next);
-      trail.push(s);
-      if (s.location !== null) {
-        if (untilCallback && s.location.startsWith(`${origin}/.portcullis/callback`)) return { ...s, trail };
-        next = { url: s.location };
-        continue;
-      }
-      const action = /<form[^>]*action="([^"]+)"/.exec(s.body)?.[1];
-      if (s.url.startsWith(op.issuer) && action !== undefined) {
-        const form = s.body.includes('name="login"')
-          ? new URLSearchParams({ prompt: 'login', login: user, password: 'any' })
-          : new URLSearchParams({ prompt: 'consent' });
-        next = { url: new URL(action, s.url).href, method: 'POST', body: form.toString() };
-        continue;
-      }
-      return { ...s, trail };
-    }
-    throw new Error(`no end after 20 steps from ${url}`);
-  }
+  let step: BrowserWalk['step'];
+  let browse: BrowserWalk['browse'];
 
   beforeAll(async () => {
     const pki = await makePki();
@@ -140,6 +76,9 @@ describe('OpenID Connect login at the edge', () => {
     });
     origin = `https://localhost:${h.port}`;
     dispatcher = new Agent({ connect: { ca: webCa.certPem, servername: 'localhost' } });
+    const walk = new BrowserWalk(dispatcher, op.issuer, origin, EXTERNAL);
+    step = walk.step.bind(walk);
+    browse = walk.browse.bind(walk);
   });
   afterAll(async () => {
     await h.close();
