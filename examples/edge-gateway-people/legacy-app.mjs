@@ -6,14 +6,14 @@ import http from 'node:http';
 import { parseArgs } from 'node:util';
 
 const { values } = parseArgs({ options: { port: { type: 'string', default: '8080' } } });
-const escape = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+const html = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 const server = http.createServer((req, res) => {
   const who = req.headers['x-forwarded-user'] ?? '(nobody)';
   const email = req.headers['x-forwarded-email'] ?? '';
   const page = req.url?.startsWith('/admin') ? 'Administration' : 'Intranet';
   res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
   res.end(
-    `<!doctype html><title>${page}</title><h1>${page}</h1><p>Hello ${escape(who)} ${escape(email)}</p>` +
+    `<!doctype html><title>${page}</title><h1>${page}</h1><p>Hello ${html(who)} ${html(email)}</p>` +
       `<p><a href="/admin/">Administration</a> · <a href="/.portcullis/logout">Log out</a></p>\n`,
   );
 });
