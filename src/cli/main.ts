@@ -254,9 +254,9 @@ async function cmdValidate(args: string[], out: Out): Promise<number> {
       `  listener ${l.name}: ${formatHostPort(l.address)} -> ${l.upstream}, ${transport}${rego === undefined ? '' : `, then Rego ${rego.entrypoint}`}`,
     );
     if (l.login !== null) {
-      const p = l.login.providers[0];
+      const ps = l.login.providers.map((p) => `${p.name} (${p.issuer})`).join(', ');
       out(
-        `    login: ${p?.name} (${p?.issuer}), callback ${l.login.callbackPath}, session cookie ${l.login.cookie.name} for ${Math.round(l.login.cookie.ttl / 60_000)} min${l.login.skip.length > 0 ? `, no login for ${l.login.skip.join(' ')}` : ''}`,
+        `    login: ${ps}, callback ${l.login.callbackPath}, session cookie ${l.login.cookie.name} for ${Math.round(l.login.cookie.ttl / 60_000)} min${l.login.skip.length > 0 ? `, no login for ${l.login.skip.join(' ')}` : ''}`,
       );
     }
   }

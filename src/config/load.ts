@@ -59,6 +59,7 @@ export interface LoginProviderConfig {
 /** OpenID Connect login on a listener. */
 export interface LoginConfig {
   readonly providers: readonly LoginProviderConfig[];
+  readonly loginPath: string;
   readonly callbackPath: string;
   readonly logoutPath: string;
   readonly externalUrl: string | null;
@@ -379,6 +380,7 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
                 clientSecretFile: abs(p.clientSecretFile),
                 scopes: p.scopes,
               })),
+              loginPath: l.login.loginPath,
               callbackPath: l.login.callbackPath,
               logoutPath: l.login.logoutPath,
               externalUrl: l.login.externalUrl ?? null,

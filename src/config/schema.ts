@@ -226,7 +226,11 @@ export const configSchema = z.strictObject({
                 }),
               )
               .min(1, 'at least one provider')
-              .max(1, 'one provider per listener in this version'),
+              .refine((ps) => new Set(ps.map((x) => x.name)).size === ps.length, {
+                message: 'provider names must be unique',
+              }),
+            /** Where a person picks a provider when there are several (and where a login can be started). */
+            loginPath: z.string().startsWith('/').default('/.portcullis/login'),
             callbackPath: z.string().startsWith('/').default('/.portcullis/callback'),
             logoutPath: z.string().startsWith('/').default('/.portcullis/logout'),
             /** Pins the redirect URI's scheme and host when a proxy in front rewrites the Host. */

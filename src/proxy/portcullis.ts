@@ -75,7 +75,7 @@ export class Portcullis implements AdminStatus {
   /** Per listener with `login`: its provider, and the session key and sealer in force. */
   private readonly logins = new Map<
     string,
-    { provider: LoginProvider; key: Uint8Array; sealer: CookieSealer }
+    { providers: ReadonlyMap<string, LoginProvider>; key: Uint8Array; sealer: CookieSealer }
   >();
   readonly jwks: JwksRegistry;
   /** External authorizers for CUSTOM policies, by provider name (from the config; fixed for the run). */
@@ -279,26 +279,27 @@ export class Portcullis implements AdminStatus {
     }
     let state = this.logins.get(lc.name);
     if (state === undefined) {
-      const pc = login.providers[0] as (typeof login.providers)[number];
-      let provider: LoginProvider;
-      try {
-        provider = new LoginProvider(pc);
-      } catch (err) {
-        throw new ConfigError('ERR_CONFIG_INVALID', [
-          {
-            file: this.config.file,
-            field: field('providers[0].clientSecretFile'),
-            message: `${pc.clientSecretFile}: ${errorMessage(err)}`,
-          },
-        ]);
+      const providers = new Map<string, LoginProvider>();
+      for (const [j, pc] of login.providers.entries()) {
+        try {
+          providers.set(pc.name, new LoginProvider(pc));
+        } catch (err) {
+          throw new ConfigError('ERR_CONFIG_INVALID', [
+            {
+              file: this.config.file,
+              field: field(`providers[${j}].clientSecretFile`),
+              message: `${pc.clientSecretFile}: ${errorMessage(err)}`,
+            },
+          ]);
+        }
       }
-      state = { provider, key, sealer: new CookieSealer(key) };
+      state = { providers, key, sealer: new CookieSealer(key) };
       this.logins.set(lc.name, state);
     } else if (!Buffer.from(state.key).equals(Buffer.from(key))) {
-      state = { provider: state.provider, key, sealer: new CookieSealer(key, [state.key]) };
+      state = { providers: state.providers, key, sealer: new CookieSealer(key, [state.key]) };
       this.logins.set(lc.name, state);
     }
-    return new LoginStage(login, state.provider, state.sealer, this.log);
+    return new LoginStage(login, state.providers, state.sealer, this.log);
   }
 
   private plan(

@@ -233,3 +233,84 @@ describe('login configuration', () => {
     );
   });
 });
+
+describe('several providers on one listener', () => {
+  const ops = [new TestProvider(), new TestProvider()];
+  let h: Harness;
+  let walk: BrowserWalk;
+  let dispatcher: Agent;
+  let origin: string;
+
+  beforeAll(async () => {
+    const pki = await makePki();
+    const issuers = await Promise.all(ops.map((o) => o.listen()));
+    h = await startHarness({
+      pki,
+      files: {
+        'client-secret': 'client-secret\n',
+        'cookie.key': `${Buffer.alloc(32, 3).toString('base64')}\n`,
+      },
+      listener: {
+        tls: { cert: 'api.pem', key: 'api.key', clientCertificates: 'none' },
+        login: {
+          providers: [
+            { name: 'corp', issuer: issuers[0], clientId: 'portcullis', clientSecretFile: 'client-secret' },
+            {
+              name: 'partners',
+              issuer: issuers[1],
+              clientId: 'portcullis',
+              clientSecretFile: 'client-secret',
+            },
+          ],
+          cookie: { secretFile: 'cookie.key' },
+          headers: { 'x-forwarded-user': 'sub' },
+        },
+      },
+    });
+    origin = `https://localhost:${h.port}`;
+    for (const o of ops) o.configure('portcullis', 'client-secret', `${origin}/.portcullis/callback`);
+    dispatcher = new Agent({ connect: { ca: h.pki.ca.certPem } });
+    walk = new BrowserWalk(dispatcher, issuers[1] as string, origin);
+  });
+  afterAll(async () => {
+    await h.close();
+    for (const o of ops) await o.close();
+    await dispatcher.close();
+  });
+
+  it('a person picks a provider on a small page, and comes back signed in by that one', async () => {
+    const jar = new CookieJar();
+    const first = await walk.step(jar, `${origin}/app/x?y=1`);
+    expect(first.status).toBe(302);
+    expect(first.location).toBe(`${origin}/.portcullis/login?rd=${encodeURIComponent('/app/x?y=1')}`);
+    const page = await walk.step(jar, first.location as string);
+    expect(page.status).toBe(200);
+    expect(page.body).toContain('>corp</a>');
+    const link = /href="([^"]*provider=partners[^"]*)"/.exec(page.body)?.[1]?.replaceAll('&amp;', '&');
+    expect(link).toBeDefined();
+    const end = await walk.browse(jar, `${origin}${link}`, 'bob');
+    expect(end.status).toBe(200);
+    expect(end.url).toBe(`${origin}/app/x?y=1`);
+    expect((JSON.parse(end.body) as EchoReply).headers['x-forwarded-user']).toBe('bob');
+  });
+
+  it('never returns anywhere but this origin, whatever rd says', async () => {
+    for (const rd of [
+      'https://evil.example/',
+      '//evil.example/',
+      '/\t/evil.example',
+      '/\\evil.example',
+      'javascript:alert(1)',
+    ]) {
+      const jar = new CookieJar();
+      const atCallback = await walk.browse(
+        jar,
+        `${origin}/.portcullis/login?provider=partners&rd=${encodeURIComponent(rd)}`,
+        'bob',
+        true,
+      );
+      const done = await walk.step(jar, atCallback.location as string);
+      expect({ rd, location: done.location }).toEqual({ rd, location: `${origin}/` });
+    }
+  });
+});

@@ -35,16 +35,22 @@ const TOKEN_ONLY_CLAIMS = new Set([
 export class LoginStage implements Stage {
   readonly name = 'login';
   private readonly config: LoginConfig;
-  private readonly provider: LoginProvider;
+  /** By name, in config order (the first is the default when there is one). */
+  private readonly providers: ReadonlyMap<string, LoginProvider>;
   private readonly sealer: CookieSealer;
   private readonly txName: string;
   private readonly log: Logger;
   /** Upstream headers the stage sets from claims: the client's own copies never pass. */
   readonly outputHeaders: readonly string[];
 
-  constructor(config: LoginConfig, provider: LoginProvider, sealer: CookieSealer, log: Logger) {
+  constructor(
+    config: LoginConfig,
+    providers: ReadonlyMap<string, LoginProvider>,
+    sealer: CookieSealer,
+    log: Logger,
+  ) {
     this.config = config;
-    this.provider = provider;
+    this.providers = providers;
     this.sealer = sealer;
     this.txName = `${config.cookie.name}-tx`;
     this.log = log;
@@ -64,7 +70,8 @@ export class LoginStage implements Stage {
       else ctx.addHeader('cookie', rest);
     }
     if (a.path === this.config.callbackPath) return this.callback(ctx, tx);
-    if (a.path === this.config.logoutPath) return this.logout(ctx);
+    if (a.path === this.config.logoutPath) return this.logout(ctx, session);
+    if (a.path === this.config.loginPath) return this.loginPage(ctx);
     if (session !== undefined) {
       const now = Math.floor(Date.now() / 1000);
       const cached = this.sealer.cachedSession(session, now);
@@ -99,18 +106,64 @@ export class LoginStage implements Stage {
     // decide on its principal. Skipped paths are served without one (and still authorized).
     if (a.peerPrincipal !== '' || matchesSkip(a.path, this.config.skip)) return null;
     if (!isNavigation(ctx)) return REPLIES.loginRequired;
-    return this.startLogin(ctx);
+    if (this.providers.size === 1)
+      return this.startLogin(
+        ctx,
+        this.providers.values().next().value as LoginProvider,
+        safeReturnPath(ctx.target),
+      );
+    // Several providers: the person picks one.
+    return redirect(
+      `${this.config.loginPath}?rd=${encodeURIComponent(safeReturnPath(ctx.target))}`,
+      [],
+      'login-required',
+      true,
+    );
+  }
+
+  /**
+   * `loginPath`: with `?provider=<name>` a login at that provider starts (returning to `rd`, a
+   * path on this origin); without one, a page listing the providers.
+   */
+  private loginPage(ctx: RequestContext): StageResult | Promise<StageResult> {
+    const params = new URLSearchParams(ctx.attrs.query);
+    const returnTo = safeReturnPath(params.get('rd') ?? '/');
+    const chosen = this.providers.get(params.get('provider') ?? '');
+    if (chosen !== undefined) return this.startLogin(ctx, chosen, returnTo);
+    const items = [...this.providers.keys()]
+      .map(
+        (name) =>
+          `<li><a href="${this.config.loginPath}?provider=${encodeURIComponent(name)}&amp;rd=${encodeURIComponent(returnTo)}">${escapeHtml(name)}</a></li>`,
+      )
+      .join('');
+    return new LocalReply(
+      200,
+      'login-chooser',
+      `<!doctype html><title>Sign in</title><h1>Sign in with</h1><ul>${items}</ul>`,
+      {
+        deny: true,
+        headers: {
+          'content-type': 'text/html; charset=utf-8',
+          'content-security-policy': "default-src 'none'",
+          'cache-control': 'no-store',
+        },
+      },
+    );
   }
 
   /** Off to the provider, with a transaction cookie holding what the callback must match. */
-  private async startLogin(ctx: RequestContext): Promise<StageResult> {
+  private async startLogin(
+    ctx: RequestContext,
+    provider: LoginProvider,
+    returnTo: string,
+  ): Promise<StageResult> {
     const client = await import('openid-client');
     let configuration: Awaited<ReturnType<LoginProvider['discovered']>>;
     try {
-      configuration = await this.provider.discovered();
+      configuration = await provider.discovered();
     } catch (err) {
       this.log.warn(
-        { provider: this.provider.config.name, err: (err as Error).message },
+        { provider: provider.config.name, err: (err as Error).message },
         'OpenID provider discovery failed',
       );
       return REPLIES.loginUnavailable;
@@ -120,13 +173,13 @@ export class LoginStage implements Stage {
       state: client.randomState(),
       nonce: client.randomNonce(),
       verifier,
-      returnTo: safeReturnPath(ctx.target),
-      provider: this.provider.config.name,
+      returnTo,
+      provider: provider.config.name,
       exp: Math.floor(Date.now() / 1000) + TRANSACTION_SECONDS,
     };
     const url = client.buildAuthorizationUrl(configuration, {
       redirect_uri: `${this.origin(ctx)}${this.config.callbackPath}`,
-      scope: this.provider.config.scopes.join(' '),
+      scope: provider.config.scopes.join(' '),
       code_challenge: await client.calculatePKCECodeChallenge(verifier),
       code_challenge_method: 'S256',
       state: tx.state,
@@ -140,11 +193,12 @@ export class LoginStage implements Stage {
   private async callback(ctx: RequestContext, txValue: string | undefined): Promise<StageResult> {
     const now = Math.floor(Date.now() / 1000);
     const tx = txValue === undefined ? null : await this.sealer.openTransaction(txValue, now);
-    if (tx === null) return REPLIES.loginExpired;
+    const provider = tx === null ? undefined : this.providers.get(tx.provider);
+    if (tx === null || provider === undefined) return REPLIES.loginExpired;
     const client = await import('openid-client');
     let claims: Record<string, unknown>;
     try {
-      const configuration = await this.provider.discovered();
+      const configuration = await provider.discovered();
       const tokens = await client.authorizationCodeGrant(
         configuration,
         new URL(`${this.origin(ctx)}${ctx.target}`),
@@ -191,17 +245,24 @@ export class LoginStage implements Stage {
     );
   }
 
-  /** Clears the session and, when the provider has an end-session endpoint, ends its session too. */
-  private async logout(ctx: RequestContext): Promise<StageResult> {
+  /** Clears the session and, when its provider has an end-session endpoint, ends the session there too. */
+  private async logout(ctx: RequestContext, sessionValue: string | undefined): Promise<StageResult> {
     let to = '/';
-    try {
-      const configuration = await this.provider.discovered();
-      if (configuration.serverMetadata().end_session_endpoint !== undefined) {
-        const client = await import('openid-client');
-        to = client.buildEndSessionUrl(configuration, { client_id: this.provider.config.clientId }).href;
+    const session =
+      sessionValue === undefined
+        ? null
+        : await this.sealer.openSession(sessionValue, Math.floor(Date.now() / 1000));
+    const provider = session === null ? undefined : this.providers.get(session.provider);
+    if (provider !== undefined) {
+      try {
+        const configuration = await provider.discovered();
+        if (configuration.serverMetadata().end_session_endpoint !== undefined) {
+          const client = await import('openid-client');
+          to = client.buildEndSessionUrl(configuration, { client_id: provider.config.clientId }).href;
+        }
+      } catch {
+        // The provider cannot be reached: the local session ends anyway.
       }
-    } catch {
-      // The provider cannot be reached: the local session ends anyway.
     }
     void ctx;
     return redirect(
@@ -277,8 +338,18 @@ function withoutCookies(header: string, a: string, b: string): string {
  * would read as another origin (`//evil.example`, `/\evil.example`) becomes `/`.
  */
 export function safeReturnPath(target: string): string {
-  if (!target.startsWith('/') || target.startsWith('//') || target.startsWith('/\\')) return '/';
+  if (!target.startsWith('/') || target.startsWith('//')) return '/';
+  // Browsers drop tabs and newlines inside URLs and read `\` as `/`: `/\t/evil.example` and
+  // `/\\evil.example` would become another origin. None of these belong in a path to return to.
+  for (let i = 0; i < target.length; i++) {
+    const c = target.charCodeAt(i);
+    if (c <= 0x20 || c === 0x5c || c === 0x7f) return '/';
+  }
   return target;
+}
+
+function escapeHtml(s: string): string {
+  return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
 /** A top-level browser navigation (the one case a redirect to a login page makes sense). */
