@@ -1,5 +1,12 @@
+import {
+  createHash,
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  type KeyObject,
+} from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { CompactEncrypt, compactDecrypt } from 'jose';
+import { CompactEncrypt, compactDecrypt, type JWK, SignJWT } from 'jose';
 import type * as oidc from 'openid-client';
 import type { LoginProviderConfig } from '../config/load.js';
 import { PortcullisError } from '../errors.js';
@@ -159,5 +166,97 @@ export class LoginProvider {
       });
     }
     return this.configuration;
+  }
+}
+
+/**
+ * Signs identity assertions for the upstream (what Pomerium and Teleport call a signed identity
+ * header): a short-lived ES256 JWT naming the person, so the app can check that the identity came
+ * from Portcullis and not from whoever reached it. One token per session, reused until half its
+ * lifetime is gone (a signature costs tens of microseconds; a cache hit, a map lookup).
+ */
+export class AssertionSigner {
+  private readonly key: KeyObject;
+  readonly kid: string;
+  private readonly publicJwk: JWK;
+  private readonly cache = new Map<string, { jwt: string; exp: number }>();
+
+  private constructor(key: KeyObject, kid: string, publicJwk: JWK) {
+    this.key = key;
+    this.kid = kid;
+    this.publicJwk = publicJwk;
+  }
+
+  /** From an EC P-256 PKCS#8 PEM file (replicas share it), or a key made now. */
+  static create(keyFile: string | null): AssertionSigner {
+    let key: KeyObject;
+    if (keyFile === null) {
+      key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+    } else {
+      try {
+        key = createPrivateKey(readFileSync(keyFile, 'utf8'));
+      } catch (err) {
+        throw new PortcullisError(
+          'ERR_CONFIG_INVALID',
+          `not a readable private key: ${(err as Error).message}`,
+        );
+      }
+      if (key.asymmetricKeyType !== 'ec' || key.asymmetricKeyDetails?.namedCurve !== 'prime256v1')
+        throw new PortcullisError('ERR_CONFIG_INVALID', 'the assertion key must be an EC P-256 key (ES256)');
+    }
+    const jwk = createPublicKey(key).export({ format: 'jwk' }) as { crv: string; x: string; y: string };
+    // RFC 7638 thumbprint: the required members in lexicographic order, no spaces.
+    const kid = createHash('sha256')
+      .update(`{"crv":"${jwk.crv}","kty":"EC","x":"${jwk.x}","y":"${jwk.y}"}`)
+      .digest('base64url');
+    return new AssertionSigner(key, kid, {
+      kty: 'EC',
+      crv: jwk.crv,
+      x: jwk.x,
+      y: jwk.y,
+      kid,
+      alg: 'ES256',
+      use: 'sig',
+    });
+  }
+
+  /** The JWKS the upstream verifies assertions with. */
+  jwks(): { keys: JWK[] } {
+    return { keys: [this.publicJwk] };
+  }
+
+  /** A cached assertion still good for more than half its lifetime, or undefined. */
+  cached(sessionValue: string, ttlMs: number, nowSeconds: number): string | undefined {
+    const hit = this.cache.get(sessionValue);
+    return hit !== undefined && hit.exp - nowSeconds > Math.floor(ttlMs / 1000) / 2 ? hit.jwt : undefined;
+  }
+
+  /** The assertion for a session (cached by its cookie value). */
+  async assert(
+    sessionValue: string,
+    s: Session,
+    issuer: string,
+    audience: string,
+    ttlMs: number,
+    nowSeconds: number,
+  ): Promise<string> {
+    const ttl = Math.max(1, Math.floor(ttlMs / 1000));
+    const hit = this.cache.get(sessionValue);
+    if (hit !== undefined && hit.exp - nowSeconds > ttl / 2) return hit.jwt;
+    const exp = Math.min(nowSeconds + ttl, s.exp);
+    const claims: Record<string, unknown> = { idp: s.iss };
+    for (const k of ['email', 'name', 'preferred_username', 'groups', 'roles'])
+      if (s.claims[k] !== undefined) claims[k] = s.claims[k];
+    const jwt = await new SignJWT(claims)
+      .setProtectedHeader({ alg: 'ES256', kid: this.kid, typ: 'JWT' })
+      .setIssuer(issuer)
+      .setAudience(audience)
+      .setSubject(s.sub)
+      .setIssuedAt(nowSeconds)
+      .setExpirationTime(exp)
+      .sign(this.key);
+    if (this.cache.size >= MAX_CACHED) this.cache.clear();
+    this.cache.set(sessionValue, { jwt, exp });
+    return jwt;
   }
 }

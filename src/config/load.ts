@@ -68,6 +68,14 @@ export interface LoginConfig {
   readonly headers: readonly (readonly [string, string])[];
   readonly skip: readonly string[];
   readonly checkOrigin: boolean;
+  /** A signed identity assertion for the upstream, or null. */
+  readonly assertion: {
+    readonly header: string;
+    readonly ttl: number;
+    readonly audience: string;
+    readonly keyFile: string | null;
+    readonly jwksPath: string;
+  } | null;
 }
 
 export interface ListenerConfig {
@@ -392,6 +400,17 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
               headers: Object.entries(l.login.headers).map(([h, claim]) => [h.toLowerCase(), claim] as const),
               skip: l.login.skip,
               checkOrigin: l.login.checkOrigin,
+              assertion:
+                l.login.assertion === undefined
+                  ? null
+                  : {
+                      header: l.login.assertion.header.toLowerCase(),
+                      ttl: l.login.assertion.ttl,
+                      audience: l.login.assertion.audience ?? l.upstream,
+                      keyFile:
+                        l.login.assertion.keyFile === undefined ? null : abs(l.login.assertion.keyFile),
+                      jwksPath: l.login.assertion.jwksPath,
+                    },
             },
       tls:
         l.tls === undefined

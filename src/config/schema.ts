@@ -249,6 +249,24 @@ export const configSchema = z.strictObject({
               .default({}),
             /** Paths served without login (still authorized): exact, `prefix*`. */
             skip: z.array(z.string().startsWith('/')).default([]),
+            /**
+             * A short-lived JWT signed by Portcullis for the upstream (a signed identity assertion),
+             * verifiable with the JWKS Portcullis serves at jwksPath.
+             */
+            assertion: z
+              .strictObject({
+                header: z
+                  .string()
+                  .regex(/^[a-zA-Z0-9-]+$/, 'a header name')
+                  .default('x-portcullis-assertion'),
+                ttl: duration.default(60_000),
+                /** `aud`; default: the upstream's origin. */
+                audience: z.string().min(1).optional(),
+                /** An EC P-256 private key (PKCS#8 PEM) shared by replicas; default: one made at start. */
+                keyFile: z.string().min(1).optional(),
+                jwksPath: z.string().startsWith('/').default('/.portcullis/jwks.json'),
+              })
+              .optional(),
             /** Refuse state-changing requests with a session cookie and a foreign Origin (CSRF). */
             checkOrigin: z.boolean().default(true),
           })

@@ -4,7 +4,7 @@ import { Metrics } from '../admin/metrics.js';
 import { AdminServer, type AdminStatus } from '../admin/server.js';
 import { AuditLog } from '../audit/log.js';
 import { JwksRegistry, type JwksSource } from '../authn/jwks.js';
-import { CookieSealer, LoginProvider, readSessionKey } from '../authn/login.js';
+import { AssertionSigner, CookieSealer, LoginProvider, readSessionKey } from '../authn/login.js';
 import { ExtAuthzClient } from '../authz/ext-authz.js';
 import { formatHostPort } from '../config/address.js';
 import type { Config, ListenerConfig } from '../config/load.js';
@@ -75,7 +75,12 @@ export class Portcullis implements AdminStatus {
   /** Per listener with `login`: its provider, and the session key and sealer in force. */
   private readonly logins = new Map<
     string,
-    { providers: ReadonlyMap<string, LoginProvider>; key: Uint8Array; sealer: CookieSealer }
+    {
+      providers: ReadonlyMap<string, LoginProvider>;
+      key: Uint8Array;
+      sealer: CookieSealer;
+      signer: AssertionSigner | null;
+    }
   >();
   readonly jwks: JwksRegistry;
   /** External authorizers for CUSTOM policies, by provider name (from the config; fixed for the run). */
@@ -293,13 +298,33 @@ export class Portcullis implements AdminStatus {
           ]);
         }
       }
-      state = { providers, key, sealer: new CookieSealer(key) };
+      let signer: AssertionSigner | null = null;
+      const assertion = login.assertion;
+      if (assertion !== null) {
+        try {
+          signer = AssertionSigner.create(assertion.keyFile);
+        } catch (err) {
+          throw new ConfigError('ERR_CONFIG_INVALID', [
+            {
+              file: this.config.file,
+              field: field('assertion.keyFile'),
+              message: `${assertion.keyFile}: ${errorMessage(err)}`,
+            },
+          ]);
+        }
+      }
+      state = { providers, key, sealer: new CookieSealer(key), signer };
       this.logins.set(lc.name, state);
     } else if (!Buffer.from(state.key).equals(Buffer.from(key))) {
-      state = { providers: state.providers, key, sealer: new CookieSealer(key, [state.key]) };
+      state = {
+        providers: state.providers,
+        key,
+        sealer: new CookieSealer(key, [state.key]),
+        signer: state.signer,
+      };
       this.logins.set(lc.name, state);
     }
-    return new LoginStage(login, state.providers, state.sealer, this.log);
+    return new LoginStage(login, state.providers, state.sealer, state.signer, this.log);
   }
 
   private plan(

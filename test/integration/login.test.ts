@@ -1,3 +1,4 @@
+import { createLocalJWKSet, jwtVerify } from 'jose';
 import { Agent } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { configFromObject } from '../../src/config/load.js';
@@ -31,6 +32,7 @@ describe('OpenID Connect login at the edge', () => {
   let webCa: PemPair;
   let dispatcher: Agent;
   let origin: string;
+  let upstreamOrigin: string;
 
   let step: BrowserWalk['step'];
   let browse: BrowserWalk['browse'];
@@ -71,10 +73,12 @@ describe('OpenID Connect login at the edge', () => {
           cookie: { secretFile: 'cookie.key' },
           headers: { 'x-forwarded-user': 'sub', 'x-forwarded-email': 'email' },
           skip: ['/healthz'],
+          assertion: {},
         },
       },
     });
     origin = `https://localhost:${h.port}`;
+    upstreamOrigin = new URL(h.proxy.config.listeners[0]?.upstream as string).origin;
     dispatcher = new Agent({ connect: { ca: webCa.certPem, servername: 'localhost' } });
     const walk = new BrowserWalk(dispatcher, op.issuer, origin, EXTERNAL);
     step = walk.step.bind(walk);
@@ -123,6 +127,32 @@ describe('OpenID Connect login at the edge', () => {
     // Client copies of identity headers never pass.
     const forged = await step(jar, `${origin}/app/who`, { headers: { 'x-forwarded-user': 'admin' } });
     expect((JSON.parse(forged.body) as EchoReply).headers['x-forwarded-user']).toBe('alice');
+  });
+
+  it('signs an identity assertion the upstream can verify with the JWKS Portcullis serves', async () => {
+    const jar = new CookieJar();
+    const page = await browse(jar, `${origin}/app/page`, 'admin');
+    const jwt = String((JSON.parse(page.body) as EchoReply).headers['x-portcullis-assertion']);
+    const jwks = await step(new CookieJar(), `${origin}/.portcullis/jwks.json`, {
+      headers: { accept: 'application/json', 'sec-fetch-mode': 'cors' },
+    });
+    expect(jwks.status).toBe(200);
+    const { payload, protectedHeader } = await jwtVerify(jwt, createLocalJWKSet(JSON.parse(jwks.body)), {
+      issuer: EXTERNAL,
+      audience: upstreamOrigin,
+      algorithms: ['ES256'],
+    });
+    expect(protectedHeader.kid).toBeDefined();
+    expect(payload).toMatchObject({
+      sub: 'admin',
+      idp: op.issuer,
+      groups: ['admins'],
+      email: 'admin@example.com',
+    });
+    expect((payload.exp as number) - (payload.iat as number)).toBe(60);
+    // A forged one from the client never reaches the upstream.
+    const forged = await step(jar, `${origin}/app/page`, { headers: { 'x-portcullis-assertion': 'forged' } });
+    expect((JSON.parse(forged.body) as EchoReply).headers['x-portcullis-assertion']).not.toBe('forged');
   });
 
   it('AuthorizationPolicy decides on the claims: only admins reach /admin/*', async () => {

@@ -1,5 +1,11 @@
 import type { Logger } from 'pino';
-import type { CookieSealer, LoginProvider, LoginTransaction, Session } from '../../authn/login.js';
+import type {
+  AssertionSigner,
+  CookieSealer,
+  LoginProvider,
+  LoginTransaction,
+  Session,
+} from '../../authn/login.js';
 import type { LoginConfig } from '../../config/load.js';
 import type { RequestContext } from '../context.js';
 import { LocalReply, REPLIES } from '../local-reply.js';
@@ -43,18 +49,34 @@ export class LoginStage implements Stage {
   /** Upstream headers the stage sets from claims: the client's own copies never pass. */
   readonly outputHeaders: readonly string[];
 
+  /** Signs identity assertions for the upstream (login.assertion), or null. */
+  private readonly signer: AssertionSigner | null;
+  private readonly jwksReply: LocalReply | null;
+
   constructor(
     config: LoginConfig,
     providers: ReadonlyMap<string, LoginProvider>,
     sealer: CookieSealer,
+    signer: AssertionSigner | null,
     log: Logger,
   ) {
     this.config = config;
+    this.signer = signer;
+    this.jwksReply =
+      signer === null
+        ? null
+        : new LocalReply(200, 'jwks', JSON.stringify(signer.jwks()), {
+            deny: false,
+            headers: { 'content-type': 'application/json', 'cache-control': 'max-age=300' },
+          });
     this.providers = providers;
     this.sealer = sealer;
     this.txName = `${config.cookie.name}-tx`;
     this.log = log;
-    this.outputHeaders = config.headers.map(([h]) => h);
+    this.outputHeaders = [
+      ...config.headers.map(([h]) => h),
+      ...(config.assertion === null ? [] : [config.assertion.header]),
+    ];
   }
 
   run(ctx: RequestContext): StageResult | Promise<StageResult> {
@@ -72,16 +94,22 @@ export class LoginStage implements Stage {
     if (a.path === this.config.callbackPath) return this.callback(ctx, tx);
     if (a.path === this.config.logoutPath) return this.logout(ctx, session);
     if (a.path === this.config.loginPath) return this.loginPage(ctx);
+    if (this.jwksReply !== null && a.path === this.config.assertion?.jwksPath) return this.jwksReply;
     if (session !== undefined) {
       const now = Math.floor(Date.now() / 1000);
       const cached = this.sealer.cachedSession(session, now);
-      if (cached !== undefined) return this.withSession(ctx, cached);
-      return this.sealer.openSession(session, now).then((s) => this.withSession(ctx, s));
+      if (cached !== undefined) return this.withSession(ctx, cached, session, now);
+      return this.sealer.openSession(session, now).then((s) => this.withSession(ctx, s, session, now));
     }
     return this.withoutSession(ctx);
   }
 
-  private withSession(ctx: RequestContext, s: Session | null): StageResult | Promise<StageResult> {
+  private withSession(
+    ctx: RequestContext,
+    s: Session | null,
+    value: string,
+    now: number,
+  ): StageResult | Promise<StageResult> {
     if (s === null) return this.withoutSession(ctx); // tampered, another key, or expired: log in again
     const a = ctx.attrs;
     if (this.config.checkOrigin && !SAFE_METHODS.has(a.method) && foreignOrigin(ctx, this.origin(ctx)))
@@ -97,7 +125,19 @@ export class LoginStage implements Stage {
       if (typeof v === 'string') ctx.addHeader(header, isPrintableAscii(v) ? v : encodeURIComponent(v));
       else if (typeof v === 'number' || typeof v === 'boolean') ctx.addHeader(header, String(v));
     }
-    return null;
+    const assertion = this.config.assertion;
+    if (this.signer === null || assertion === null) return null;
+    const jwt = this.signer.cached(value, assertion.ttl, now);
+    if (jwt !== undefined) {
+      ctx.addHeader(assertion.header, jwt);
+      return null;
+    }
+    return this.signer
+      .assert(value, s, this.origin(ctx), assertion.audience, assertion.ttl, now)
+      .then((signed) => {
+        ctx.addHeader(assertion.header, signed);
+        return null;
+      });
   }
 
   private withoutSession(ctx: RequestContext): StageResult | Promise<StageResult> {
