@@ -17,6 +17,8 @@ export const AUDIT_SCHEMA_VERSION = 1;
 /** The attributes an event records: the decision's, plus what identifies the request. */
 export interface AuditedAttributes extends RequestAttributes {
   readonly requestId: string;
+  /** The login provider that signed the person in, or ''. */
+  readonly loginProvider: string;
   /** Arrival, epoch ms. */
   readonly time: number;
   readonly tls: boolean;
@@ -122,6 +124,7 @@ export class AuditLog {
         path: a.path,
         query: c.includeQuery && a.query !== '' ? redactQuery(a.query, tokenParams) : undefined,
         principal: a.requestPrincipal,
+        provider: a.loginProvider === '' ? undefined : a.loginProvider,
         headers,
       },
       destination:

@@ -116,6 +116,8 @@ export class Attributes implements RequestAttributes {
   claims: Readonly<Record<string, unknown>> | null;
   audiences: readonly string[];
   presenter: string;
+  /** The login provider (`login.providers[].name`) that signed the person in, or ''. */
+  loginProvider: string;
   /** The client's valid x-request-id, or one made for this request (then forwarded). */
   readonly requestId: string;
   /** `HTTP/1.1`, `HTTP/2`, … (Envoy's protocol names). */
@@ -155,6 +157,7 @@ export class Attributes implements RequestAttributes {
     this.claims = null;
     this.audiences = NO_AUDIENCES;
     this.presenter = '';
+    this.loginProvider = '';
     const rid = headers['x-request-id'];
     // Envoy's behaviour: a request without a (usable) id gets one, and the upstream sees it.
     this.requestId = typeof rid === 'string' && isRequestId(rid) ? rid : randomUUID();

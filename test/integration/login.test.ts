@@ -1,3 +1,4 @@
+import { existsSync, readFileSync } from 'node:fs';
 import { createLocalJWKSet, jwtVerify } from 'jose';
 import { Agent } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,6 +8,7 @@ import { type Harness, startHarness } from '../helpers/harness.js';
 import { BrowserWalk, CookieJar, TestProvider } from '../helpers/oidc.js';
 import { makePki } from '../helpers/pki.js';
 import type { EchoReply } from '../helpers/upstream.js';
+import { until } from '../helpers/wait.js';
 
 /**
  * People logging in at an OpenID provider through Portcullis (authorization code + PKCE): a real
@@ -51,6 +53,7 @@ describe('OpenID Connect login at the edge', () => {
     h = await startHarness({
       pki,
       policies: POLICIES,
+      config: { audit: { sinks: [{ type: 'file', path: 'audit.ndjson' }] } },
       files: {
         'web.pem': web.certPem,
         'web.key': web.keyPem,
@@ -162,6 +165,26 @@ describe('OpenID Connect login at the edge', () => {
     const r = await browse(admin, `${origin}/admin/panel`, 'admin');
     expect(r.status).toBe(200);
     expect((JSON.parse(r.body) as EchoReply).headers['x-forwarded-user']).toBe('admin');
+  });
+
+  it('audits the person and the provider, never the cookie or a token', async () => {
+    const jar = new CookieJar();
+    await browse(jar, `${origin}/app/audited?id=42`, 'carol');
+    await step(jar, `${origin}/app/audited-again`);
+    const file = h.dir.file('audit.ndjson');
+    await until(
+      'the event',
+      () => existsSync(file) && readFileSync(file, 'utf8').includes('/app/audited-again'),
+    );
+    const text = readFileSync(file, 'utf8');
+    const event = text
+      .split('\n')
+      .filter((l) => l.includes('/app/audited-again'))
+      .map((l) => JSON.parse(l) as { request: Record<string, unknown> })[0];
+    expect(event?.request).toMatchObject({ principal: `${op.issuer}/carol`, provider: 'test' });
+    const session = jar.get(origin, '__Host-portcullis') as string;
+    expect(text).not.toContain(session);
+    expect(text).not.toContain(session.slice(20, 60));
   });
 
   it('a tampered session cookie means logging in again', async () => {
@@ -341,6 +364,47 @@ describe('several providers on one listener', () => {
       );
       const done = await walk.step(jar, atCallback.location as string);
       expect({ rd, location: done.location }).toEqual({ rd, location: `${origin}/` });
+    }
+  });
+});
+
+describe('an expired session', () => {
+  it('means logging in again', async () => {
+    const op = new TestProvider();
+    const issuer = await op.listen();
+    const pki = await makePki();
+    const h = await startHarness({
+      pki,
+      files: {
+        'client-secret': 'client-secret\n',
+        'cookie.key': `${Buffer.alloc(32, 5).toString('base64')}\n`,
+      },
+      listener: {
+        tls: { cert: 'api.pem', key: 'api.key', clientCertificates: 'none' },
+        login: {
+          providers: [{ name: 'test', issuer, clientId: 'portcullis', clientSecretFile: 'client-secret' }],
+          cookie: { secretFile: 'cookie.key', ttl: '1s' },
+        },
+      },
+    });
+    const origin = `https://localhost:${h.port}`;
+    op.configure('portcullis', 'client-secret', `${origin}/.portcullis/callback`);
+    const dispatcher = new Agent({ connect: { ca: pki.ca.certPem } });
+    try {
+      const walk = new BrowserWalk(dispatcher, issuer, origin);
+      const jar = new CookieJar();
+      expect((await walk.browse(jar, `${origin}/app`, 'dave')).status).toBe(200);
+      // The browser would drop the cookie at Max-Age; a client that keeps it is refused all the same.
+      const value = jar.get(origin, '__Host-portcullis') as string;
+      await new Promise((r) => setTimeout(r, 2100));
+      jar.set(origin, '__Host-portcullis', value);
+      const again = await walk.step(jar, `${origin}/app`);
+      expect(again.status).toBe(302);
+      expect(again.location?.startsWith(issuer)).toBe(true);
+    } finally {
+      await h.close();
+      await op.close();
+      await dispatcher.close();
     }
   });
 });

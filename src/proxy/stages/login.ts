@@ -120,6 +120,7 @@ export class LoginStage implements Stage {
     a.audiences =
       typeof aud === 'string' ? [aud] : Array.isArray(aud) ? aud.filter((x) => typeof x === 'string') : [];
     a.presenter = typeof s.claims.azp === 'string' ? s.claims.azp : '';
+    a.loginProvider = s.provider;
     for (const [header, claim] of this.config.headers) {
       const v = s.claims[claim];
       if (typeof v === 'string') ctx.addHeader(header, isPrintableAscii(v) ? v : encodeURIComponent(v));
