@@ -49,8 +49,12 @@ export interface Session {
   readonly sub: string;
   readonly claims: Readonly<Record<string, unknown>>;
   readonly provider: string;
-  /** Expiry, epoch seconds. */
+  /** Expiry, epoch seconds: the session's absolute end (login time + cookie.ttl). */
   readonly exp: number;
+  /** The provider's refresh token, when it issued one ('' otherwise): kept only inside the encrypted cookie. */
+  readonly rt: string;
+  /** When the claims are next refreshed with `rt` (epoch seconds; 0 without one). */
+  readonly rexp: number;
 }
 
 /** The short-lived login transaction: what the callback must match. */

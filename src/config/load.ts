@@ -68,6 +68,7 @@ export interface LoginConfig {
   readonly headers: readonly (readonly [string, string])[];
   readonly skip: readonly string[];
   readonly checkOrigin: boolean;
+  readonly refreshInterval: number;
   /** A signed identity assertion for the upstream, or null. */
   readonly assertion: {
     readonly header: string;
@@ -400,6 +401,7 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
               headers: Object.entries(l.login.headers).map(([h, claim]) => [h.toLowerCase(), claim] as const),
               skip: l.login.skip,
               checkOrigin: l.login.checkOrigin,
+              refreshInterval: l.login.refreshInterval,
               assertion:
                 l.login.assertion === undefined
                   ? null

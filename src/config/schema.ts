@@ -267,6 +267,11 @@ export const configSchema = z.strictObject({
                 jwksPath: z.string().startsWith('/').default('/.portcullis/jwks.json'),
               })
               .optional(),
+            /**
+             * With a refresh token (scope offline_access), how often the claims are fetched again:
+             * a person the provider disabled, or whose groups changed, is noticed this soon.
+             */
+            refreshInterval: duration.default(300_000),
             /** Refuse state-changing requests with a session cookie and a foreign Origin (CSRF). */
             checkOrigin: z.boolean().default(true),
           })

@@ -12,6 +12,10 @@ export class TestProvider {
   readonly server: http.Server;
   issuer = '';
   provider: Provider | null = null;
+  /** Accounts the provider no longer knows (a person disabled): their grants stop working. */
+  readonly disabled = new Set<string>();
+  /** Group overrides by account (a person's groups changing at the provider). */
+  readonly groups = new Map<string, string[]>();
 
   constructor() {
     this.server = http.createServer();
@@ -33,22 +37,25 @@ export class TestProvider {
           client_secret: clientSecret,
           redirect_uris: [redirectUri],
           response_types: ['code'],
-          grant_types: ['authorization_code'],
+          grant_types: ['authorization_code', 'refresh_token'],
         },
       ],
       // The ID token carries the profile claims (so the session has them without userinfo).
       conformIdTokenClaims: false,
       claims: { openid: ['sub'], email: ['email'], profile: ['name'], groups: ['groups'] },
-      scopes: ['openid', 'email', 'profile', 'groups'],
-      findAccount: (_ctx: unknown, id: string) => ({
-        accountId: id,
-        claims: () => ({
-          sub: id,
-          email: `${id}@example.com`,
-          name: id.toUpperCase(),
-          groups: id === 'admin' ? ['admins'] : ['users'],
-        }),
-      }),
+      scopes: ['openid', 'email', 'profile', 'groups', 'offline_access'],
+      findAccount: (_ctx: unknown, id: string) =>
+        this.disabled.has(id)
+          ? undefined
+          : {
+              accountId: id,
+              claims: () => ({
+                sub: id,
+                email: `${id}@example.com`,
+                name: id.toUpperCase(),
+                groups: this.groups.get(id) ?? (id === 'admin' ? ['admins'] : ['users']),
+              }),
+            },
       cookies: { keys: ['test-cookie-key-0123456789abcdef'] },
       features: { devInteractions: { enabled: true }, rpInitiatedLogout: { enabled: true } },
     } as ConstructorParameters<typeof Provider>[1]);

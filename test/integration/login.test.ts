@@ -408,3 +408,58 @@ describe('an expired session', () => {
     }
   });
 });
+
+describe('sessions with a refresh token', () => {
+  it('follow the provider: new groups are seen at the next refresh, a disabled person is logged out', async () => {
+    const op = new TestProvider();
+    const issuer = await op.listen();
+    const pki = await makePki();
+    const h = await startHarness({
+      pki,
+      policies: POLICIES,
+      files: {
+        'client-secret': 'client-secret\n',
+        'cookie.key': `${Buffer.alloc(32, 6).toString('base64')}\n`,
+      },
+      listener: {
+        tls: { cert: 'api.pem', key: 'api.key', clientCertificates: 'none' },
+        login: {
+          providers: [
+            {
+              name: 'test',
+              issuer,
+              clientId: 'portcullis',
+              clientSecretFile: 'client-secret',
+              scopes: ['openid', 'groups', 'offline_access'],
+            },
+          ],
+          cookie: { secretFile: 'cookie.key' },
+          refreshInterval: '1s',
+        },
+      },
+    });
+    const origin = `https://localhost:${h.port}`;
+    op.configure('portcullis', 'client-secret', `${origin}/.portcullis/callback`);
+    const dispatcher = new Agent({ connect: { ca: pki.ca.certPem } });
+    try {
+      const walk = new BrowserWalk(dispatcher, issuer, origin);
+      const jar = new CookieJar();
+      const first = await walk.browse(jar, `${origin}/admin/panel`, 'erin');
+      expect(first.status).toBe(403); // erin is in users
+      op.groups.set('erin', ['admins']);
+      await new Promise((r) => setTimeout(r, 1100));
+      const promoted = await walk.step(jar, `${origin}/admin/panel`);
+      expect(promoted.status).toBe(200);
+      expect(promoted.setCookies.some((c) => c.startsWith('__Host-portcullis='))).toBe(true);
+      op.disabled.add('erin');
+      await new Promise((r) => setTimeout(r, 1100));
+      const gone = await walk.step(jar, `${origin}/admin/panel`);
+      expect(gone.status).toBe(302);
+      expect(gone.location?.startsWith(issuer)).toBe(true);
+    } finally {
+      await h.close();
+      await op.close();
+      await dispatcher.close();
+    }
+  });
+});

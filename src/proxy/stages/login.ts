@@ -52,6 +52,8 @@ export class LoginStage implements Stage {
   /** Signs identity assertions for the upstream (login.assertion), or null. */
   private readonly signer: AssertionSigner | null;
   private readonly jwksReply: LocalReply | null;
+  /** Refreshes under way (or just done), by the cookie value they renew. */
+  private readonly refreshing = new Map<string, Promise<{ session: Session; value: string } | null>>();
 
   constructor(
     config: LoginConfig,
@@ -111,6 +113,10 @@ export class LoginStage implements Stage {
     now: number,
   ): StageResult | Promise<StageResult> {
     if (s === null) return this.withoutSession(ctx); // tampered, another key, or expired: log in again
+    if (s.rt !== '' && now >= s.rexp)
+      return this.refresh(value, s, now).then((r) =>
+        r === null ? this.withoutSession(ctx) : this.refreshed(ctx, r, now),
+      );
     const a = ctx.attrs;
     if (this.config.checkOrigin && !SAFE_METHODS.has(a.method) && foreignOrigin(ctx, this.origin(ctx)))
       return REPLIES.csrfOrigin;
@@ -139,6 +145,65 @@ export class LoginStage implements Stage {
         ctx.addHeader(assertion.header, signed);
         return null;
       });
+  }
+
+  /** A session renewed with its refresh token: the browser gets the new cookie with this response. */
+  private refreshed(
+    ctx: RequestContext,
+    r: { session: Session; value: string },
+    now: number,
+  ): StageResult | Promise<StageResult> {
+    ctx.addResponseHeader(
+      'set-cookie',
+      setCookie(this.config.cookie.name, r.value, Math.max(0, r.session.exp - now)),
+    );
+    return this.withSession(ctx, r.session, r.value, now);
+  }
+
+  /**
+   * Fetches the claims again with the refresh token (one call per session, shared by the requests
+   * that arrive meanwhile). null when the provider refuses: the person was disabled, the grant
+   * revoked — the session ends and the person logs in again.
+   */
+  private refresh(
+    value: string,
+    s: Session,
+    now: number,
+  ): Promise<{ session: Session; value: string } | null> {
+    const pending = this.refreshing.get(value);
+    if (pending !== undefined) return pending;
+    const p = this.doRefresh(s, now);
+    this.refreshing.set(value, p);
+    // Kept a little while: requests still carrying the old cookie get the same answer.
+    p.finally(() => setTimeout(() => this.refreshing.delete(value), 30_000).unref());
+    return p;
+  }
+
+  private async doRefresh(s: Session, now: number): Promise<{ session: Session; value: string } | null> {
+    const provider = this.providers.get(s.provider);
+    if (provider === undefined) return null;
+    try {
+      const client = await import('openid-client');
+      const tokens = await client.refreshTokenGrant(await provider.discovered(), s.rt);
+      const fresh = tokens.claims();
+      const claims: Record<string, unknown> = fresh === undefined ? { ...s.claims } : { ...fresh };
+      if (fresh !== undefined && (fresh.sub !== s.sub || fresh.iss !== s.iss)) return null;
+      for (const k of TOKEN_ONLY_CLAIMS) delete claims[k];
+      const session: Session = {
+        ...s,
+        claims,
+        rt: tokens.refresh_token ?? s.rt,
+        rexp: now + Math.floor(this.config.refreshInterval / 1000),
+      };
+      return { session, value: await this.sealer.seal(session, 'session') };
+    } catch (err) {
+      const e = err as Error & { error?: string };
+      this.log.info(
+        { provider: s.provider, error: e.error, message: e.message },
+        'session refresh refused; the person logs in again',
+      );
+      return null;
+    }
   }
 
   private withoutSession(ctx: RequestContext): StageResult | Promise<StageResult> {
@@ -225,6 +290,8 @@ export class LoginStage implements Stage {
       code_challenge_method: 'S256',
       state: tx.state,
       nonce: tx.nonce,
+      // A refresh token is only issued after consent to offline access (OpenID Connect Core §11).
+      ...(provider.config.scopes.includes('offline_access') ? { prompt: 'consent' } : {}),
     });
     const cookie = setCookie(this.txName, await this.sealer.seal(tx, 'tx'), TRANSACTION_SECONDS);
     return redirect(url.href, [cookie], 'login-required', true);
@@ -238,6 +305,7 @@ export class LoginStage implements Stage {
     if (tx === null || provider === undefined) return REPLIES.loginExpired;
     const client = await import('openid-client');
     let claims: Record<string, unknown>;
+    let refreshToken = '';
     try {
       const configuration = await provider.discovered();
       const tokens = await client.authorizationCodeGrant(
@@ -251,6 +319,7 @@ export class LoginStage implements Stage {
         },
       );
       claims = { ...(tokens.claims() ?? {}) };
+      refreshToken = tokens.refresh_token ?? '';
     } catch (err) {
       // The reason, never the code or a token.
       const e = err as Error & { code?: string; error?: string };
@@ -268,6 +337,8 @@ export class LoginStage implements Stage {
       claims,
       provider: tx.provider,
       exp: now + ttl,
+      rt: refreshToken,
+      rexp: refreshToken === '' ? 0 : now + Math.floor(this.config.refreshInterval / 1000),
     };
     let value = await this.sealer.seal(session, 'session');
     if (value.length > MAX_COOKIE_VALUE) {
