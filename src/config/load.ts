@@ -54,6 +54,7 @@ export interface LoginProviderConfig {
   readonly clientId: string;
   readonly clientSecretFile: string;
   readonly scopes: readonly string[];
+  readonly userinfo: boolean;
 }
 
 /** OpenID Connect login on a listener. */
@@ -388,6 +389,7 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
                 clientId: p.clientId,
                 clientSecretFile: abs(p.clientSecretFile),
                 scopes: p.scopes,
+                userinfo: p.userinfo,
               })),
               loginPath: l.login.loginPath,
               callbackPath: l.login.callbackPath,

@@ -223,6 +223,8 @@ export const configSchema = z.strictObject({
                   clientId: z.string().min(1),
                   clientSecretFile: z.string().min(1),
                   scopes: z.array(z.string().min(1)).default(['openid', 'profile', 'email']),
+                  /** Also fetch the userinfo endpoint at login and add its claims (the ID token's win on conflict). */
+                  userinfo: z.boolean().default(false),
                 }),
               )
               .min(1, 'at least one provider')

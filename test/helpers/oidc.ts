@@ -29,7 +29,12 @@ export class TestProvider {
   }
 
   /** Registers the one client and starts answering. */
-  configure(clientId: string, clientSecret: string, redirectUri: string): void {
+  configure(
+    clientId: string,
+    clientSecret: string,
+    redirectUri: string,
+    opts: { claimsInUserinfoOnly?: boolean } = {},
+  ): void {
     const provider = new Provider(this.issuer, {
       clients: [
         {
@@ -40,8 +45,9 @@ export class TestProvider {
           grant_types: ['authorization_code', 'refresh_token'],
         },
       ],
-      // The ID token carries the profile claims (so the session has them without userinfo).
-      conformIdTokenClaims: false,
+      // By default the ID token carries the profile claims (so the session has them without
+      // userinfo); conforming providers keep them for userinfo when an access token is issued.
+      conformIdTokenClaims: opts.claimsInUserinfoOnly === true,
       claims: { openid: ['sub'], email: ['email'], profile: ['name'], groups: ['groups'] },
       scopes: ['openid', 'email', 'profile', 'groups', 'offline_access'],
       findAccount: (_ctx: unknown, id: string) =>

@@ -463,3 +463,62 @@ describe('sessions with a refresh token', () => {
     }
   });
 });
+
+describe('a provider that keeps profile claims for userinfo', () => {
+  it('userinfo: true adds them at login; without it the session has the ID token’s only', async () => {
+    const op = new TestProvider();
+    const issuer = await op.listen();
+    const pki = await makePki();
+    const provider = (name: string, userinfo: boolean): Record<string, unknown> => ({
+      name,
+      issuer,
+      clientId: 'portcullis',
+      clientSecretFile: 'client-secret',
+      scopes: ['openid', 'email'],
+      userinfo,
+    });
+    const h = await startHarness({
+      pki,
+      files: {
+        'client-secret': 'client-secret\n',
+        'cookie.key': `${Buffer.alloc(32, 8).toString('base64')}\n`,
+      },
+      listener: {
+        tls: { cert: 'api.pem', key: 'api.key', clientCertificates: 'none' },
+        login: {
+          providers: [provider('with-userinfo', true), provider('without', false)],
+          cookie: { secretFile: 'cookie.key' },
+          headers: { 'x-forwarded-email': 'email', 'x-forwarded-user': 'sub' },
+        },
+      },
+    });
+    const origin = `https://localhost:${h.port}`;
+    op.configure('portcullis', 'client-secret', `${origin}/.portcullis/callback`, {
+      claimsInUserinfoOnly: true,
+    });
+    const dispatcher = new Agent({ connect: { ca: pki.ca.certPem } });
+    try {
+      const walk = new BrowserWalk(dispatcher, issuer, origin);
+      const seen = async (name: string): Promise<EchoReply['headers']> => {
+        const end = await walk.browse(
+          new CookieJar(),
+          `${origin}/.portcullis/login?provider=${name}&rd=/me`,
+          'frank',
+        );
+        expect(end.status).toBe(200);
+        return (JSON.parse(end.body) as EchoReply).headers;
+      };
+      expect(await seen('with-userinfo')).toMatchObject({
+        'x-forwarded-user': 'frank',
+        'x-forwarded-email': 'frank@example.com',
+      });
+      const without = await seen('without');
+      expect(without['x-forwarded-user']).toBe('frank');
+      expect(without['x-forwarded-email']).toBeUndefined();
+    } finally {
+      await h.close();
+      await op.close();
+      await dispatcher.close();
+    }
+  });
+});

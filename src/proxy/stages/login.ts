@@ -318,7 +318,13 @@ export class LoginStage implements Stage {
           idTokenExpected: true,
         },
       );
-      claims = { ...(tokens.claims() ?? {}) };
+      const idClaims: Record<string, unknown> = { ...(tokens.claims() ?? {}) };
+      claims = { ...idClaims };
+      if (provider.config.userinfo) {
+        // The subject must be the ID token's (checked by openid-client); ID token claims win.
+        const info = await client.fetchUserInfo(configuration, tokens.access_token, String(idClaims.sub));
+        claims = { ...info, ...idClaims };
+      }
       refreshToken = tokens.refresh_token ?? '';
     } catch (err) {
       // The reason, never the code or a token.
