@@ -187,6 +187,26 @@ describe('OpenID Connect login at the edge', () => {
     expect(text).not.toContain(session.slice(20, 60));
   });
 
+  it('a session too large for one cookie is split over several, joined again, and never forwarded', async () => {
+    op.groups.set('gina', [
+      'admins',
+      ...Array.from({ length: 150 }, (_, i) => `a-rather-long-group-name-${i}`),
+    ]);
+    const jar = new CookieJar();
+    jar.set(origin, 'theme', 'dark');
+    const page = await browse(jar, `${origin}/admin/big`, 'gina');
+    expect(page.status).toBe(200);
+    expect(jar.get(origin, '__Host-portcullis')?.startsWith('~2~')).toBe(true);
+    expect(jar.get(origin, '__Host-portcullis-1')).toBeDefined();
+    const e = JSON.parse(page.body) as EchoReply;
+    expect(e.headers['x-forwarded-user']).toBe('gina');
+    expect(e.headers.cookie).toBe('theme=dark');
+    // A missing part is no session at all.
+    const partial = new CookieJar();
+    partial.set(origin, '__Host-portcullis', jar.get(origin, '__Host-portcullis') as string);
+    expect((await step(partial, `${origin}/admin/big`)).status).toBe(302);
+  });
+
   it('a tampered session cookie means logging in again', async () => {
     const jar = new CookieJar();
     await browse(jar, `${origin}/app/page`, 'alice');

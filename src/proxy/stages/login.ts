@@ -15,6 +15,12 @@ import type { Stage, StageResult } from '../plan.js';
 const TRANSACTION_SECONDS = 600;
 /** Browsers keep cookies up to 4096 bytes (name, value and attributes). */
 const MAX_COOKIE_VALUE = 3800;
+/**
+ * A session too large for one cookie is split over at most this many (`name`, `name-1`, …): more
+ * would push request heads past the usual 16 KB limits (maxHeaderSize); beyond it the claims are
+ * cut to the usual ones.
+ */
+const MAX_CHUNKS = 3;
 /** ID token claims that only concern the token itself, not the person. */
 const TOKEN_ONLY_CLAIMS = new Set([
   'nonce',
@@ -85,7 +91,7 @@ export class LoginStage implements Stage {
     const a = ctx.attrs;
     for (const h of this.outputHeaders) if (a.headers[h] !== undefined) ctx.dropHeader(h);
     const cookies = a.headers.cookie;
-    const session = cookies === undefined ? undefined : cookieValue(cookies, this.config.cookie.name);
+    const session = cookies === undefined ? undefined : sessionValue(cookies, this.config.cookie.name);
     const tx = cookies === undefined ? undefined : cookieValue(cookies, this.txName);
     if (session !== undefined || tx !== undefined) {
       // Our cookies are the proxy's business: the upstream sees the others only.
@@ -153,10 +159,8 @@ export class LoginStage implements Stage {
     r: { session: Session; value: string },
     now: number,
   ): StageResult | Promise<StageResult> {
-    ctx.addResponseHeader(
-      'set-cookie',
-      setCookie(this.config.cookie.name, r.value, Math.max(0, r.session.exp - now)),
-    );
+    for (const c of sessionCookies(this.config.cookie.name, r.value, Math.max(0, r.session.exp - now)))
+      ctx.addResponseHeader('set-cookie', c);
     return this.withSession(ctx, r.session, r.value, now);
   }
 
@@ -195,7 +199,7 @@ export class LoginStage implements Stage {
         rt: tokens.refresh_token ?? s.rt,
         rexp: now + Math.floor(this.config.refreshInterval / 1000),
       };
-      return { session, value: await this.sealer.seal(session, 'session') };
+      return { session, value: await this.sealSession(session) };
     } catch (err) {
       const e = err as Error & { error?: string };
       this.log.info(
@@ -346,18 +350,10 @@ export class LoginStage implements Stage {
       rt: refreshToken,
       rexp: refreshToken === '' ? 0 : now + Math.floor(this.config.refreshInterval / 1000),
     };
-    let value = await this.sealer.seal(session, 'session');
-    if (value.length > MAX_COOKIE_VALUE) {
-      // Too many claims for one cookie: keep the ones policies and headers most often read.
-      this.log.warn(
-        { provider: tx.provider, bytes: value.length },
-        'ID token claims too large for the session cookie; keeping the usual ones',
-      );
-      value = await this.sealer.seal({ ...session, claims: pick(claims, KEPT_CLAIMS) }, 'session');
-    }
+    const value = await this.sealSession(session);
     return redirect(
       tx.returnTo,
-      [setCookie(this.config.cookie.name, value, ttl), setCookie(this.txName, '', 0)],
+      [...sessionCookies(this.config.cookie.name, value, ttl), setCookie(this.txName, '', 0)],
       'login-complete',
       false,
     );
@@ -385,10 +381,24 @@ export class LoginStage implements Stage {
     void ctx;
     return redirect(
       to,
-      [setCookie(this.config.cookie.name, '', 0), setCookie(this.txName, '', 0)],
+      [...sessionCookies(this.config.cookie.name, '', 0), setCookie(this.txName, '', 0)],
       'logout',
       false,
     );
+  }
+
+  /**
+   * The sealed session; one that would need more than MAX_CHUNKS cookies keeps only the claims
+   * policies and headers most often read (logged).
+   */
+  private async sealSession(session: Session): Promise<string> {
+    const value = await this.sealer.seal(session, 'session');
+    if (value.length <= MAX_COOKIE_VALUE * MAX_CHUNKS) return value;
+    this.log.warn(
+      { provider: session.provider, bytes: value.length },
+      'ID token claims too large for the session cookies; keeping the usual ones',
+    );
+    return this.sealer.seal({ ...session, claims: pick(session.claims, KEPT_CLAIMS) }, 'session');
   }
 
   /** The origin redirect URIs are built on: `externalUrl`, else the request's own (always https). */
@@ -440,13 +450,53 @@ export function cookieValue(header: string, name: string): string | undefined {
   return undefined;
 }
 
-function withoutCookies(header: string, a: string, b: string): string {
+/**
+ * The Set-Cookie values for a session: one cookie when it fits, else `name` (holding `~N~` and the
+ * first part) and `name-1` … `name-(N-1)`. Parts a longer session left behind are cleared, and an
+ * empty value clears them all (logout).
+ */
+function sessionCookies(name: string, value: string, maxAge: number): string[] {
+  const parts: string[] = [];
+  for (let i = 0; i < value.length; i += MAX_COOKIE_VALUE) parts.push(value.slice(i, i + MAX_COOKIE_VALUE));
+  if (parts.length === 0) parts.push('');
+  const out = [
+    setCookie(name, parts.length > 1 ? `~${parts.length}~${parts[0]}` : (parts[0] as string), maxAge),
+  ];
+  for (let i = 1; i < MAX_CHUNKS; i++)
+    out.push(
+      i < parts.length
+        ? setCookie(`${name}-${i}`, parts[i] as string, maxAge)
+        : setCookie(`${name}-${i}`, '', 0),
+    );
+  return out;
+}
+
+/** A session's value, joined from its cookies when it was split; undefined when a part is missing. */
+function sessionValue(header: string, name: string): string | undefined {
+  const first = cookieValue(header, name);
+  if (first === undefined || !first.startsWith('~')) return first;
+  const m = /^~(\d)~/.exec(first);
+  const n = m === null ? 0 : Number(m[1]);
+  if (n < 2 || n > MAX_CHUNKS) return undefined;
+  let value = first.slice((m as RegExpExecArray)[0].length);
+  for (let i = 1; i < n; i++) {
+    const part = cookieValue(header, `${name}-${i}`);
+    if (part === undefined) return undefined;
+    value += part;
+  }
+  return value;
+}
+
+/** The Cookie header without the session's cookies (all its parts) and the transaction cookie. */
+function withoutCookies(header: string, session: string, tx: string): string {
   return header
     .split(';')
     .map((p) => p.trim())
     .filter((p) => {
+      if (p === '') return false;
       const name = p.slice(0, Math.max(0, p.indexOf('='))).trim();
-      return p !== '' && name !== a && name !== b;
+      if (name === session || name === tx) return false;
+      return !(name.startsWith(`${session}-`) && /^\d$/.test(name.slice(session.length + 1)));
     })
     .join('; ');
 }
