@@ -158,3 +158,22 @@ export function upstreamResponseHeaders(raw: readonly Buffer[]): string[] {
 export function xfccElement(by: string, hash: string, uri: string): string {
   return `By=${by};Hash=${hash};URI=${uri}`;
 }
+
+/**
+ * A claim as a header value: strings, numbers and booleans. A string that is not printable ASCII
+ * (non-Latin-1 text, control characters such as CR LF) is sent percent-encoded (UTF-8), so it can
+ * neither fail the request nor inject a header. null for anything else (objects, arrays).
+ */
+export function claimHeaderValue(v: unknown): string | null {
+  if (typeof v === 'string') return isPrintableAscii(v) ? v : encodeURIComponent(v);
+  if (typeof v === 'number' || typeof v === 'boolean') return String(v);
+  return null;
+}
+
+function isPrintableAscii(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x20 || c > 0x7e) return false;
+  }
+  return true;
+}

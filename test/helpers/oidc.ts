@@ -1,7 +1,10 @@
+import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import Provider from 'oidc-provider';
-import { type Agent, request } from 'undici';
+import { Agent, request } from 'undici';
+import { type Harness, startHarness } from './harness.js';
+import { makePki } from './pki.js';
 
 /**
  * A real OpenID provider for tests: panva's oidc-provider (a certified OP) on loopback, with one
@@ -207,4 +210,67 @@ export class BrowserWalk {
     }
     throw new Error(`no end after 20 steps from ${url}`);
   }
+}
+
+/** A Portcullis listener with `login` in front of the echo upstream, its provider, and a browser walk. */
+export interface LoginGateway {
+  readonly op: TestProvider;
+  readonly h: Harness;
+  readonly issuer: string;
+  /** https://localhost:PORT */
+  readonly origin: string;
+  readonly walk: BrowserWalk;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts a provider and a gateway whose `login` block is the defaults below plus `login` (one
+ * provider `test` unless `providers` says otherwise), served with the test PKI's certificate.
+ */
+export async function startLoginGateway(
+  opts: {
+    login?: Record<string, unknown>;
+    providers?: (issuer: string) => Record<string, unknown>[];
+    policies?: string;
+    claimsInUserinfoOnly?: boolean;
+  } = {},
+): Promise<LoginGateway> {
+  const op = new TestProvider();
+  const issuer = await op.listen();
+  const pki = await makePki();
+  const h = await startHarness({
+    pki,
+    ...(opts.policies === undefined ? {} : { policies: opts.policies }),
+    files: {
+      'client-secret': 'client-secret\n',
+      'cookie.key': `${randomBytes(32).toString('base64')}\n`,
+    },
+    listener: {
+      tls: { cert: 'api.pem', key: 'api.key', clientCertificates: 'none' },
+      login: {
+        providers: opts.providers?.(issuer) ?? [
+          { name: 'test', issuer, clientId: 'portcullis', clientSecretFile: 'client-secret' },
+        ],
+        cookie: { secretFile: 'cookie.key' },
+        ...opts.login,
+      },
+    },
+  });
+  const origin = `https://localhost:${h.port}`;
+  op.configure('portcullis', 'client-secret', `${origin}/.portcullis/callback`, {
+    claimsInUserinfoOnly: opts.claimsInUserinfoOnly ?? false,
+  });
+  const dispatcher = new Agent({ connect: { ca: pki.ca.certPem } });
+  return {
+    op,
+    h,
+    issuer,
+    origin,
+    walk: new BrowserWalk(dispatcher, issuer, origin),
+    async close() {
+      await h.close();
+      await op.close();
+      await dispatcher.close();
+    },
+  };
 }

@@ -11,7 +11,7 @@ import {
 import { parseQuery } from '../../authz/query.js';
 import type { JwtRule } from '../../istio/request-authentication.js';
 import type { RequestContext } from '../context.js';
-import { countHeader } from '../headers.js';
+import { claimHeaderValue, countHeader } from '../headers.js';
 import { REPLIES } from '../local-reply.js';
 import type { Stage, StageResult } from '../plan.js';
 
@@ -357,15 +357,5 @@ function claimValue(payload: Readonly<Record<string, unknown>>, path: readonly s
     if (v === null || typeof v !== 'object' || Array.isArray(v)) return null;
     v = (v as Record<string, unknown>)[p];
   }
-  if (typeof v === 'string') return isPrintableAscii(v) ? v : encodeURIComponent(v);
-  if (typeof v === 'number' || typeof v === 'boolean') return String(v);
-  return null;
-}
-
-function isPrintableAscii(s: string): boolean {
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c < 0x20 || c > 0x7e) return false;
-  }
-  return true;
+  return claimHeaderValue(v);
 }

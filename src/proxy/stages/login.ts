@@ -8,6 +8,7 @@ import type {
 } from '../../authn/login.js';
 import type { LoginConfig } from '../../config/load.js';
 import type { RequestContext } from '../context.js';
+import { claimHeaderValue } from '../headers.js';
 import { LocalReply, REPLIES } from '../local-reply.js';
 import type { Stage, StageResult } from '../plan.js';
 
@@ -134,9 +135,8 @@ export class LoginStage implements Stage {
     a.presenter = typeof s.claims.azp === 'string' ? s.claims.azp : '';
     a.loginProvider = s.provider;
     for (const [header, claim] of this.config.headers) {
-      const v = s.claims[claim];
-      if (typeof v === 'string') ctx.addHeader(header, isPrintableAscii(v) ? v : encodeURIComponent(v));
-      else if (typeof v === 'number' || typeof v === 'boolean') ctx.addHeader(header, String(v));
+      const v = claimHeaderValue(s.claims[claim]);
+      if (v !== null) ctx.addHeader(header, v);
     }
     const assertion = this.config.assertion;
     if (this.signer === null || assertion === null) return null;
@@ -544,12 +544,4 @@ function matchesSkip(path: string, skip: readonly string[]): boolean {
     if (s.endsWith('*') ? path.startsWith(s.slice(0, -1)) : path === s) return true;
   }
   return false;
-}
-
-function isPrintableAscii(s: string): boolean {
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c < 0x20 || c > 0x7e) return false;
-  }
-  return true;
 }
