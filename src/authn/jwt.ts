@@ -1,5 +1,4 @@
 import type { KeyObject } from 'node:crypto';
-import { errors as joseErrors, jwtVerify } from 'jose';
 import type { JwtRule } from '../istio/request-authentication.js';
 import type { JwksKey, JwksSource, JwtStats } from './jwks.js';
 
@@ -200,6 +199,8 @@ export async function verifyToken(
     await rule.source.ready();
     candidates = rule.source.keys();
   }
+  // jose is loaded on the first token to verify: a proxy without RequestAuthentication never loads it.
+  const { errors: joseErrors, jwtVerify } = await loadJose();
   let tried = false;
   for (const k of candidates) {
     if (!keyFits(k, parts.alg)) continue;
@@ -220,7 +221,7 @@ export async function verifyToken(
       if (err instanceof TokenError) throw err;
       // With no kid, another key may fit; any other failure is final.
       if (parts.kid === '' && err instanceof joseErrors.JWSSignatureVerificationFailed) continue;
-      throw new TokenError('invalid', describe(err));
+      throw new TokenError('invalid', describe(err, joseErrors));
     }
   }
   throw new TokenError(
@@ -229,7 +230,15 @@ export async function verifyToken(
   );
 }
 
-function describe(err: unknown): string {
+type Jose = typeof import('jose');
+let jose: Promise<Jose> | null = null;
+
+function loadJose(): Promise<Jose> {
+  if (jose === null) jose = import('jose');
+  return jose;
+}
+
+function describe(err: unknown, joseErrors: Jose['errors']): string {
   if (err instanceof joseErrors.JWTExpired) return 'the token has expired';
   if (err instanceof joseErrors.JWTClaimValidationFailed) return `claim check failed: ${err.claim}`;
   if (err instanceof joseErrors.JWSSignatureVerificationFailed) return 'the signature does not verify';

@@ -6,7 +6,7 @@ import {
   type KeyObject,
 } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { CompactEncrypt, compactDecrypt, type JWK, SignJWT } from 'jose';
+import type { JWK } from 'jose';
 import type * as oidc from 'openid-client';
 import type { LoginProviderConfig } from '../config/load.js';
 import { PortcullisError } from '../errors.js';
@@ -70,6 +70,15 @@ export interface LoginTransaction {
 
 const MAX_CACHED = 10_000;
 
+type Jose = typeof import('jose');
+let jose: Promise<Jose> | null = null;
+
+/** jose, loaded when a listener with `login` first needs it (startup does not pay for it otherwise). */
+function loadJose(): Promise<Jose> {
+  if (jose === null) jose = import('jose');
+  return jose;
+}
+
 /** Seals and opens cookie values; `previous` keys still open sessions sealed before a key rotation. */
 export class CookieSealer {
   private readonly key: Uint8Array;
@@ -82,6 +91,7 @@ export class CookieSealer {
   }
 
   async seal(payload: Session | LoginTransaction, kind: 'session' | 'tx'): Promise<string> {
+    const { CompactEncrypt } = await loadJose();
     return new CompactEncrypt(new TextEncoder().encode(JSON.stringify({ k: kind, ...payload })))
       .setProtectedHeader({ alg: 'dir', enc: 'A256GCM' })
       .encrypt(this.key);
@@ -115,6 +125,7 @@ export class CookieSealer {
   }
 
   private async open(value: string, kind: string): Promise<Record<string, unknown> | null> {
+    const { compactDecrypt } = await loadJose();
     for (const key of [this.key, ...this.previous]) {
       try {
         const { plaintext } = await compactDecrypt(value, key, {
@@ -248,6 +259,7 @@ export class AssertionSigner {
     const hit = this.cache.get(sessionValue);
     if (hit !== undefined && hit.exp - nowSeconds > ttl / 2) return hit.jwt;
     const exp = Math.min(nowSeconds + ttl, s.exp);
+    const { SignJWT } = await loadJose();
     const claims: Record<string, unknown> = { idp: s.iss };
     for (const k of ['email', 'name', 'preferred_username', 'groups', 'roles'])
       if (s.claims[k] !== undefined) claims[k] = s.claims[k];

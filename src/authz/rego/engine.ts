@@ -19,9 +19,16 @@ interface LoadedPolicy {
   evaluate(input: unknown, entrypoint: number): unknown;
   setData(data: unknown): void;
 }
-const opa = createRequire(import.meta.url)('@open-policy-agent/opa-wasm') as {
+interface OpaSdk {
   loadPolicySync(module: WasmModule): LoadedPolicy;
-};
+}
+let sdk: OpaSdk | null = null;
+
+/** The SDK, required on the first Rego engine: a config without Rego never loads it. */
+function opa(): OpaSdk {
+  if (sdk === null) sdk = createRequire(import.meta.url)('@open-policy-agent/opa-wasm') as OpaSdk;
+  return sdk;
+}
 
 /** The WebAssembly API (its types come with the DOM library, which this Node build leaves out). */
 type WasmModule = object;
@@ -161,7 +168,7 @@ export class RegoEngine {
     }
     let policy: Policy;
     try {
-      policy = opa.loadPolicySync(module);
+      policy = opa().loadPolicySync(module);
       policy.setData(data);
     } catch (err) {
       // The SDK throws strings for ABI problems ("unsupported ABI version 2").
