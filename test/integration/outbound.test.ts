@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { issueSvid } from '../../src/identity/dev-ca.js';
 import { type Harness, startHarness } from '../helpers/harness.js';
 import { makePki, type TestPki } from '../helpers/pki.js';
+import { rawExchange } from '../helpers/raw.js';
 import { type EchoReply, EchoUpstream } from '../helpers/upstream.js';
 import { until } from '../helpers/wait.js';
 
@@ -179,6 +180,20 @@ describe('outbound: A → B with mTLS and secure naming', () => {
     await until('the refusals in the audit log', () =>
       audit().some((e) => e.reason === 'destination-not-registered'),
     );
+  });
+
+  it('refuses hostile targets: userinfo in the authority, an invalid host, a dot-dot escape is normalized', async () => {
+    const before = b.upstream.requests;
+    expect((await call(outPort, 'http://user:pw@billing.default.svc/x')).status).toBe(400);
+    expect(
+      (await call(outPort, '/x', { host: 'billing.default.svc\u0000evil' }).catch(() => ({ status: 400 })))
+        .status,
+    ).toBe(400);
+    expect((await call(outPort, 'http://bil ling/x').catch(() => ({ status: 400 }))).status).toBe(400);
+    expect(b.upstream.requests).toBe(before);
+    const r = await call(outPort, 'http://billing.default.svc/a/../../../etc/passwd');
+    expect(r.status).toBe(200);
+    expect((JSON.parse(r.body) as EchoReply).url).toBe('/etc/passwd');
   });
 
   it('keeps connections to B alive across calls', async () => {
