@@ -78,11 +78,6 @@ export class WorkloadApiSource extends EventEmitter implements X509Source {
     return `the Workload API at ${this.options.socket}`;
   }
 
-  /** The latest usable material, or null before the first. */
-  current(): X509Material | null {
-    return this.latest;
-  }
-
   material(): X509Material {
     if (this.latest !== null) return this.latest;
     throw new ConfigError('ERR_CONFIG_INVALID', [

@@ -207,10 +207,9 @@ export class OutboundForwarder implements Forwarder {
     if (rs.closed) return;
     const host = rs.attrs.host;
     const dest = this.route(host);
-    const headers = forwardingHeaders(rs);
     if (dest !== undefined) {
       rs.route = dest;
-      dispatchTo(dest.pool, rs, headers, undefined);
+      dispatchTo(dest.pool, rs, forwardingHeaders(rs), undefined);
       return;
     }
     if (this.passthrough === null) {
@@ -219,7 +218,7 @@ export class OutboundForwarder implements Forwarder {
     }
     const route = new PassThrough(host);
     rs.route = route;
-    dispatchTo(this.passthrough, rs, headers, route.upstream);
+    dispatchTo(this.passthrough, rs, forwardingHeaders(rs), route.upstream);
   }
 
   /** For /status: each destination and the SPIFFE ID its server last presented. */
