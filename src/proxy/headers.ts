@@ -177,3 +177,21 @@ function isPrintableAscii(s: string): boolean {
   }
   return true;
 }
+
+/**
+ * A cookie's value in a Cookie header (Node joins repeated Cookie fields with "; "): undefined
+ * when absent, null when the name appears more than once — two values for one credential is
+ * never a choice to make (a sibling site can toss a cookie of the same name).
+ */
+export function cookieValue(header: string | undefined, name: string): string | null | undefined {
+  if (header === undefined) return undefined;
+  let found: string | undefined;
+  for (const part of header.split(';')) {
+    const eq = part.indexOf('=');
+    if (eq === -1) continue;
+    if (part.slice(0, eq).trim() !== name) continue;
+    if (found !== undefined) return null;
+    found = part.slice(eq + 1).trim();
+  }
+  return found;
+}

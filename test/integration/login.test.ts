@@ -207,6 +207,25 @@ describe('OpenID Connect login at the edge', () => {
     expect((await step(partial, `${origin}/admin/big`)).status).toBe(302);
   });
 
+  it('a session cookie given twice counts as none (a tossed cookie is never chosen between)', async () => {
+    const jar = new CookieJar();
+    await browse(jar, `${origin}/app/page`, 'alice');
+    const value = jar.get(origin, '__Host-portcullis') as string;
+    const twice = await step(new CookieJar(), `${origin}/app/page`, {
+      headers: { cookie: `__Host-portcullis=${value}; theme=dark; __Host-portcullis=${value}` },
+    });
+    expect(twice.status).toBe(302);
+    expect(twice.location?.startsWith(op.issuer)).toBe(true);
+    const api = await step(new CookieJar(), `${origin}/app/page`, {
+      headers: {
+        cookie: `__Host-portcullis=${value}; __Host-portcullis=${value}`,
+        accept: 'application/json',
+        'sec-fetch-mode': 'cors',
+      },
+    });
+    expect(api.status).toBe(401);
+  });
+
   it('a tampered session cookie means logging in again', async () => {
     const jar = new CookieJar();
     await browse(jar, `${origin}/app/page`, 'alice');

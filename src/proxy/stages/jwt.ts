@@ -11,7 +11,7 @@ import {
 import { parseQuery } from '../../authz/query.js';
 import type { JwtRule } from '../../istio/request-authentication.js';
 import type { RequestContext } from '../context.js';
-import { claimHeaderValue, countHeader } from '../headers.js';
+import { claimHeaderValue, cookieValue, countHeader } from '../headers.js';
 import { REPLIES } from '../local-reply.js';
 import type { Stage, StageResult } from '../plan.js';
 
@@ -270,8 +270,10 @@ function extract(ctx: RequestContext, l: TokenLocation): string | null {
     if (raw === undefined) return null;
   } else {
     // Node joins repeated Cookie fields with "; " already (RFC 6265 §5.4 allows only one).
-    raw = cookie(ctx.attrs.headers.cookie, l.name);
-    if (raw === undefined) return null;
+    const c = cookieValue(ctx.attrs.headers.cookie, l.name);
+    if (c === undefined) return null;
+    if (c === null) return DUPLICATE;
+    raw = c;
   }
   return raw === '' ? INVALID : raw;
 }
@@ -322,20 +324,6 @@ function queryParam(query: string, name: string): string | undefined {
     if (p.name !== name) continue;
     if (found !== undefined) return DUPLICATE;
     found = p.value;
-  }
-  return found;
-}
-
-/** The cookie's value; DUPLICATE when the name appears twice. */
-function cookie(header: string | undefined, name: string): string | undefined {
-  if (header === undefined) return undefined;
-  let found: string | undefined;
-  for (const part of header.split(';')) {
-    const eq = part.indexOf('=');
-    if (eq === -1) continue;
-    if (part.slice(0, eq).trim() !== name) continue;
-    if (found !== undefined) return DUPLICATE;
-    found = part.slice(eq + 1).trim();
   }
   return found;
 }

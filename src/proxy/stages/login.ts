@@ -8,7 +8,7 @@ import type {
 } from '../../authn/login.js';
 import type { LoginConfig } from '../../config/load.js';
 import type { RequestContext } from '../context.js';
-import { claimHeaderValue } from '../headers.js';
+import { claimHeaderValue, cookieValue } from '../headers.js';
 import { LocalReply, REPLIES } from '../local-reply.js';
 import type { Stage, StageResult } from '../plan.js';
 
@@ -92,8 +92,9 @@ export class LoginStage implements Stage {
     const a = ctx.attrs;
     for (const h of this.outputHeaders) if (a.headers[h] !== undefined) ctx.dropHeader(h);
     const cookies = a.headers.cookie;
+    // A cookie given twice (tossed by a sibling site, say) counts as absent: no session, no transaction.
     const session = cookies === undefined ? undefined : sessionValue(cookies, this.config.cookie.name);
-    const tx = cookies === undefined ? undefined : cookieValue(cookies, this.txName);
+    const tx = cookieValue(cookies, this.txName) ?? undefined;
     if (session !== undefined || tx !== undefined) {
       // Our cookies are the proxy's business: the upstream sees the others only.
       const rest = withoutCookies(cookies as string, this.config.cookie.name, this.txName);
@@ -440,16 +441,6 @@ function setCookie(name: string, value: string, maxAge: number): string {
   return `${name}=${value}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=${maxAge}`;
 }
 
-/** A cookie's value from a Cookie header, or undefined. */
-export function cookieValue(header: string, name: string): string | undefined {
-  for (const part of header.split(';')) {
-    const eq = part.indexOf('=');
-    if (eq === -1) continue;
-    if (part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
-  }
-  return undefined;
-}
-
 /**
  * The Set-Cookie values for a session: one cookie when it fits, else `name` (holding `~N~` and the
  * first part) and `name-1` … `name-(N-1)`. Parts a longer session left behind are cleared, and an
@@ -471,9 +462,12 @@ function sessionCookies(name: string, value: string, maxAge: number): string[] {
   return out;
 }
 
-/** A session's value, joined from its cookies when it was split; undefined when a part is missing. */
+/**
+ * A session's value, joined from its cookies when it was split; undefined when it is absent, a
+ * part is missing, or a cookie of it is given twice.
+ */
 function sessionValue(header: string, name: string): string | undefined {
-  const first = cookieValue(header, name);
+  const first = cookieValue(header, name) ?? undefined;
   if (first === undefined || !first.startsWith('~')) return first;
   const m = /^~(\d)~/.exec(first);
   const n = m === null ? 0 : Number(m[1]);
@@ -481,7 +475,7 @@ function sessionValue(header: string, name: string): string | undefined {
   let value = first.slice((m as RegExpExecArray)[0].length);
   for (let i = 1; i < n; i++) {
     const part = cookieValue(header, `${name}-${i}`);
-    if (part === undefined) return undefined;
+    if (typeof part !== 'string') return undefined;
     value += part;
   }
   return value;
@@ -505,7 +499,7 @@ function withoutCookies(header: string, session: string, tx: string): string {
  * Where to come back after login: this request's own path and query. A path that a browser
  * would read as another origin (`//evil.example`, `/\evil.example`) becomes `/`.
  */
-export function safeReturnPath(target: string): string {
+function safeReturnPath(target: string): string {
   if (!target.startsWith('/') || target.startsWith('//')) return '/';
   // Browsers drop tabs and newlines inside URLs and read `\` as `/`: `/\t/evil.example` and
   // `/\\evil.example` would become another origin. None of these belong in a path to return to.
