@@ -80,7 +80,7 @@ backend svc
   spawnChild(child);
   await new Promise((r) => setTimeout(r, 500));
   return {
-    target: { name: `HAProxy ${version}`, port, token: null, enforces: true, key: 'haproxy' },
+    target: { name: `HAProxy ${version}`, port, pid: child.pid, token: null, enforces: true, key: 'haproxy' },
     note: `haproxy ${version}`,
   };
 }

@@ -15,12 +15,13 @@ import * as grpc from '@grpc/grpc-js';
 import autocannon from 'autocannon';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { stringify } from 'yaml';
-import { createCa, issueSvid } from '../dist/index.js';
+import { createCa, issueSvid, loadtest } from '../dist/index.js';
 import { grpcLoad } from './grpc-load.mjs';
 import { h2Load } from './h2-load.mjs';
 import { haproxyTarget } from './haproxy.mjs';
 import { opaTestModule, tarGz } from './opa-test-module.mjs';
 import { policiesYaml } from './policies.mjs';
+import { measure } from './proc.mjs';
 import { writeSvg } from './svg.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -31,6 +32,11 @@ const { values: args } = parseArgs({
     connections: { type: 'string' },
     rounds: { type: 'string' },
     only: { type: 'string' },
+    // Only the fixed-rate section (CPU, RSS, latency at a fixed arrival rate), with the CPU split
+    // by thread when --threads is given: the quick loop for working on per-request cost.
+    'fixed-only': { type: 'boolean' },
+    threads: { type: 'boolean' },
+    rate: { type: 'string' },
   },
 });
 const QUICK = args.quick === true;
@@ -43,6 +49,8 @@ const log = (s) => process.stderr.write(`${s}\n`);
 // ---------- material: PKI, keys, tokens, policies ----------
 const dir = mkdtempSync(join(tmpdir(), 'portcullis-bench-'));
 const children = [];
+/** Listening port → the pid of the process behind it (for the CPU and RSS readings). */
+const pidOfPort = new Map();
 process.on('exit', () => {
   for (const c of children) c.kill('SIGKILL');
   rmSync(dir, { recursive: true, force: true });
@@ -106,13 +114,17 @@ function startProcess(name, script, argv) {
     child.stdout.on('data', (d) => {
       out += d;
       const m = /ready (\d+)/.exec(out);
-      if (m) resolve(Number(m[1]));
+      if (m) {
+        pidOfPort.set(Number(m[1]), child.pid);
+        resolve(Number(m[1]));
+      }
     });
     child.on('exit', (code) => reject(new Error(`${name} exited with ${code}`)));
   });
 }
 
 const upstreamPort = await startProcess('upstream', 'upstream.mjs', []);
+const FIXED_ONLY = args['fixed-only'] === true;
 const upstream = `http://127.0.0.1:${upstreamPort}`;
 
 function portcullisConfig(name, extra, listenerExtra = {}) {
@@ -138,6 +150,7 @@ function portcullisConfig(name, extra, listenerExtra = {}) {
 
 const full = {
   policies: [join(dir, 'policies')],
+  serverTiming: true,
   audit: { sinks: [{ type: 'file', path: join(dir, 'audit.ndjson') }] },
 };
 const portcullis = {
@@ -323,9 +336,10 @@ function cannon(t, duration, extra = {}) {
 
 for (const t of timed) {
   t.runs = [];
+  t.pid ??= t.port === undefined ? pidOfPort.get(upstreamPort) : pidOfPort.get(t.port);
   await cannon(t, 1); // warm-up: JIT, connections, caches
 }
-for (let round = 1; round <= ROUNDS; round++) {
+for (let round = FIXED_ONLY ? ROUNDS + 1 : 1; round <= ROUNDS; round++) {
   for (const t of timed) {
     const r = await cannon(t, DURATION);
     t.runs.push(r);
@@ -335,17 +349,65 @@ for (let round = 1; round <= ROUNDS; round++) {
   }
 }
 
-// Latency at a fixed rate (coordinated omission: a closed-loop test at full load measures the
-// queue, not the proxy; a fixed arrival rate shows what a request costs at a realistic load).
-const RATE = 1000;
+// At a fixed arrival rate: what each proxy costs in CPU and memory at the load a sidecar really
+// runs at, and its latency there (a closed-loop test at full load measures the queue, not the
+// proxy). CPU is the target process's own (user + system, all threads) per wall second; the load
+// generator's is not counted. Same connections and rate for every target.
+const RATE = Number(args.rate ?? 1000);
+const FIXED_SECONDS = QUICK ? 5 : 10;
 const fixed = {};
-for (const name of ['upstream alone', 'portcullis everything (RS256, audit)']) {
-  const t = timed.find((x) => x.name === name);
+const FIXED_TARGETS = ['upstream alone', 'portcullis mTLS only', 'full', 'baseline', 'haproxy'];
+for (const id of FIXED_TARGETS) {
+  const t = timed.find((x) => x.key === id || x.name === id);
   if (t === undefined) continue;
-  const r = await cannon(t, QUICK ? 3 : 10, { overallRate: RATE, connections: 10 });
-  fixed[name] = { rate: RATE, p50: r.latency.p50, p90: r.latency.p90, p99: r.latency.p99, errors: r.errors };
-  log(`  fixed ${RATE} req/s  ${name.padEnd(42)} p50 ${r.latency.p50} ms  p99 ${r.latency.p99} ms`);
+  // An open-loop schedule (request i due at start + i/rate, evenly spaced; latency from when it was
+  // due): autocannon's rate limit instead fires each second's requests in a burst at the top of the
+  // second, which measures a queue at concurrency 10, not a steady rate.
+  const m = await measure(
+    t.pid === undefined ? [] : [t.pid],
+    () =>
+      loadtest({
+        target: t.url,
+        ...(t.url.startsWith('https')
+          ? { cert: files['web.pem'], key: files['web.key'], ca: files['ca.pem'], servername: 'localhost' }
+          : {}),
+        ...(t.token ? { jwt: t.token } : {}),
+        method: 'GET',
+        rate: RATE,
+        durationSeconds: FIXED_SECONDS,
+        connections: 10,
+        timeoutMs: 10_000,
+        json: true,
+        progress: false,
+      }),
+    { perThread: args.threads === true },
+  );
+  const r = m.result;
+  const lat = r.latencyMs.allowed;
+  fixed[t.name] = {
+    rate: RATE,
+    served: Math.round(r.achievedRate),
+    vcpu: m.vcpu,
+    vcpuPer1000: m.vcpu === null ? null : (m.vcpu * 1000) / r.achievedRate,
+    rssMiB: m.rssMiB,
+    p50: lat.p50,
+    p90: lat.p90,
+    p99: lat.p99,
+    authzP50Micros: r.authzMicros?.p50 ?? null,
+    authzP99Micros: r.authzMicros?.p99 ?? null,
+    errors: r.requests.errors,
+    refused: r.latencyMs.denied.count + r.latencyMs.other.count,
+  };
+  const f = fixed[t.name];
+  log(
+    `  fixed ${RATE} req/s  ${t.name.padEnd(42)} ${f.vcpu === null ? 'vCPU n/a' : `${f.vcpu.toFixed(3)} vCPU (${f.vcpuPer1000.toFixed(3)} per 1000 req/s)`}  RSS ${f.rssMiB === null ? 'n/a' : `${f.rssMiB.toFixed(0)} MiB`}  p50 ${f.p50} ms  p99 ${f.p99} ms${f.authzP50Micros === null ? '' : `  authz p50 ${f.authzP50Micros} µs p99 ${f.authzP99Micros} µs`}  errors ${f.errors}  refused ${f.refused}`,
+  );
+  if (m.threads !== null) {
+    for (const th of m.threads.slice(0, 8))
+      log(`      thread ${th.tid} ${th.name.padEnd(16)} ${th.vcpu.toFixed(3)} vCPU`);
+  }
 }
+if (FIXED_ONLY) process.exit(0);
 
 // gRPC unary calls: the service directly (h2c) and through Portcullis (mTLS + HTTP/2 in, h2c out,
 // one ALLOW policy on the method), driven alike by grpc-js, interleaved over the rounds.

@@ -9,6 +9,12 @@
 import { type Config, configFromObject, loadConfigFile } from './config/load.js';
 import { Portcullis, type StartOptions } from './proxy/portcullis.js';
 
+export {
+  type LatencySummary,
+  type LoadtestInput,
+  type LoadtestReport,
+  loadtest,
+} from './cli/loadtest.js';
 export type { Config, Limits, ListenerConfig } from './config/load.js';
 export { configFromObject, DEFAULT_LIMITS, loadConfigFile } from './config/load.js';
 export { ConfigError, type ErrorCode, PortcullisError } from './errors.js';

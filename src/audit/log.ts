@@ -61,9 +61,11 @@ export class AuditLog {
     this.config = config;
     this.sinks = config.sinks.map((s, i) => {
       const name = `${s.type}-${i}`;
-      if (s.type === 'stdout') return new StdoutSink(name, config.bufferSize, 1000, 5_000, log);
-      if (s.type === 'file') return new FileSink(name, s.path, s.maxBytes, s.keep, config.bufferSize, log);
-      return new HttpSink(name, s, config.bufferSize, log);
+      const linger = config.flushIntervalMs;
+      if (s.type === 'stdout') return new StdoutSink(name, config.bufferSize, 1000, 5_000, linger, log);
+      if (s.type === 'file')
+        return new FileSink(name, s.path, s.maxBytes, s.keep, config.bufferSize, linger, log);
+      return new HttpSink(name, s, config.bufferSize, linger, log);
     });
   }
 

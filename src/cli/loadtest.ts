@@ -195,6 +195,14 @@ class Run {
  * short. Latencies go into HdrHistograms (3 significant digits).
  */
 export async function runLoadtest(input: LoadtestInput, out: (line: string) => void): Promise<number> {
+  const report = await loadtest(input);
+  if (input.json) out(JSON.stringify(report, null, 2));
+  else printReport(report, out);
+  return report.requests.completed === 0 ? 1 : 0;
+}
+
+/** The load run behind `portcullis loadtest`, returning its report (also used by `npm run bench`). */
+export async function loadtest(input: LoadtestInput): Promise<LoadtestReport> {
   let url: URL;
   try {
     url = new URL(input.target);
@@ -301,9 +309,7 @@ export async function runLoadtest(input: LoadtestInput, out: (line: string) => v
     authzMicros: authz,
     warnings,
   };
-  if (input.json) out(JSON.stringify(report, null, 2));
-  else printReport(report, out);
-  return run.completed === 0 ? 1 : 0;
+  return report;
 }
 
 function showProgress(run: Run): void {

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { readFileSync } from 'node:fs';
+import { readFileSync, realpathSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatHostPort } from '../config/address.js';
@@ -586,7 +586,6 @@ export async function main(
 // Run when executed directly (also through the node_modules/.bin symlink), not when imported.
 const invoked = process.argv[1];
 if (invoked !== undefined) {
-  const { realpathSync } = await import('node:fs');
   if (realpathSync(invoked) === fileURLToPath(import.meta.url)) {
     main(process.argv.slice(2)).then((code) => {
       process.exitCode = code;

@@ -466,6 +466,7 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
             includeQuery: c.audit.includeQuery,
             headers: c.audit.headers.map((h) => h.toLowerCase()),
             bufferSize: c.audit.bufferSize,
+            flushIntervalMs: c.audit.flushInterval,
             sinks: c.audit.sinks.map((k) =>
               k.type === 'stdout'
                 ? k

@@ -369,6 +369,13 @@ export const configSchema = z.strictObject({
             'credential headers (authorization, cookie, proxy-authorization, x-api-key) are never recorded',
         }),
       bufferSize: z.number().int().min(1).max(1_000_000).default(10_000),
+      /**
+       * How long an event may wait for others to share its write (0: written as soon as the
+       * request is done). Batching keeps a steady request rate from costing a write per request.
+       */
+      flushInterval: duration
+        .refine((ms) => ms <= 1_000, { message: 'at most 1s: events wait at most this long in memory' })
+        .default(20),
       sinks: z
         .array(
           z.discriminatedUnion('type', [

@@ -60,5 +60,7 @@ export interface AuditConfig {
   readonly headers: readonly string[];
   /** Events each sink may hold before new ones are dropped. */
   readonly bufferSize: number;
+  /** Longest an event waits for others to share its write, ms. */
+  readonly flushIntervalMs: number;
   readonly sinks: readonly SinkConfig[];
 }

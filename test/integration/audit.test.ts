@@ -39,6 +39,8 @@ interface AuditEvent {
 class Collector {
   readonly server: http.Server;
   readonly events: AuditEvent[] = [];
+  /** Batches taken (POSTs answered 204). */
+  batches = 0;
   down = false;
   url = '';
 
@@ -56,6 +58,7 @@ class Collector {
         const text = (req.headers['content-encoding'] === 'gzip' ? gunzipSync(raw) : raw).toString('utf8');
         for (const line of text.split('\n'))
           if (line !== '') this.events.push(JSON.parse(line) as AuditEvent);
+        this.batches++;
         res.writeHead(204);
         res.end();
       });
@@ -323,5 +326,38 @@ describe('what every event carries, whatever the policies', () => {
     };
     expect(e.remoteAddress).toBe('203.0.113.7');
     expect(e.requestId).toBe(upstreamId);
+  });
+});
+
+describe('batching at a steady rate', () => {
+  let collector: Collector;
+  let h: Harness;
+  beforeAll(async () => {
+    collector = new Collector();
+    const url = await collector.listen();
+    h = await startHarness({
+      config: { audit: { flushInterval: '400ms', sinks: [{ type: 'http', url, gzip: false }] } },
+    });
+  });
+  afterAll(async () => {
+    await h.close();
+    await collector.close();
+  });
+
+  it('lets events wait up to flushInterval to share one write, and delivers every one', async () => {
+    // Requests one after another: without the linger, each event would be its own POST.
+    for (let i = 0; i < 12; i++) await request(`${h.url}/steady/${i}`, h.client);
+    await until('the events', () => collector.events.length === 12);
+    expect(collector.batches).toBeLessThanOrEqual(2);
+    expect(collector.events.map((e) => e.request.path)).toEqual(
+      Array.from({ length: 12 }, (_, i) => `/steady/${i}`),
+    );
+  });
+
+  it('delivers what lingers when the proxy closes', async () => {
+    const before = collector.events.length;
+    await request(`${h.url}/last`, h.client);
+    await h.proxy.close();
+    expect(collector.events.slice(before).map((e) => e.request.path)).toEqual(['/last']);
   });
 });

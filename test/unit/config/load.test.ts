@@ -49,6 +49,7 @@ describe('portcullis.yaml loading', () => {
     const file = dir.write('with-audit.yaml', `${DOCUMENTED_CONFIG}${DOCUMENTED_AUDIT}`);
     const c = loadConfigFile(file);
     expect(c.audit?.decisions).toBe('all');
+    expect(c.audit?.flushIntervalMs).toBe(20);
     expect(c.audit?.sinks).toEqual([
       { type: 'stdout' },
       { type: 'file', path: dir.file('audit.ndjson'), maxBytes: 100 * 1024 * 1024, keep: 5 },
@@ -157,6 +158,10 @@ describe('portcullis.yaml loading', () => {
     [
       { ...MINIMAL, limits: { headersTimeout: '20s', requestTimeout: '10s' } },
       'limits.headersTimeout: must not be longer than requestTimeout',
+    ],
+    [
+      { ...MINIMAL, audit: { flushInterval: '5s', sinks: [{ type: 'stdout' }] } },
+      'audit.flushInterval: at most 1s',
     ],
     [
       { ...MINIMAL, admin: { address: '127.0.0.1:15006' } },
