@@ -12,15 +12,30 @@
 # where your registry policy asks for it.
 ARG NODE_IMAGE=node:20.20.2-bookworm-slim
 
+# V8 heap settings for a sidecar, in both stages (V8 ignores a code cache made under other flags):
+# a 2 MB semi-space keeps the young generation small (RSS at 1000 req/s ~84 MB instead of ~105 MB,
+# no measurable CPU cost; see README, Performance).
+ARG PORTCULLIS_NODE_OPTIONS="--max-semi-space-size=2"
+
 FROM ${NODE_IMAGE} AS build
+ARG PORTCULLIS_NODE_OPTIONS
+ENV NODE_OPTIONS=${PORTCULLIS_NODE_OPTIONS}
 WORKDIR /app
 COPY package.json package-lock.json tsconfig.json tsconfig.base.json ./
+COPY scripts/bundle.mjs ./scripts/bundle.mjs
 COPY src ./src
-# npm ci runs the `prepare` script (tsc); then the dev dependencies go.
-RUN npm ci && npm prune --omit=dev
+COPY examples/demo/policies ./examples/demo/policies
+# npm ci runs the `prepare` script (tsc, then the single-file CLI bundle). One run of the demo,
+# which starts the proxy and calls it, writes the V8 code cache beside the bundle, so that the
+# proxy starts in under 300 ms (the runtime user cannot write there). Then the dev dependencies go.
+RUN npm ci \
+  && PORTCULLIS_CODE_CACHE=write node dist/cli/launch.cjs demo --once --port 0 --admin-port 0 \
+  && npm prune --omit=dev
 
 FROM ${NODE_IMAGE}
+ARG PORTCULLIS_NODE_OPTIONS
 ENV NODE_ENV=production
+ENV NODE_OPTIONS=${PORTCULLIS_NODE_OPTIONS}
 WORKDIR /app
 COPY --from=build /app/package.json ./package.json
 COPY --from=build /app/node_modules ./node_modules
@@ -33,6 +48,6 @@ USER 10001:10001
 # The admin server stays on 127.0.0.1:15000; the health check runs inside the container.
 EXPOSE 15006
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["node", "/app/dist/cli/main.js", "probe", "--url", "http://127.0.0.1:15000/readyz"]
-ENTRYPOINT ["node", "/app/dist/cli/main.js"]
+  CMD ["node", "/app/dist/cli/launch.cjs", "probe", "--url", "http://127.0.0.1:15000/readyz"]
+ENTRYPOINT ["node", "/app/dist/cli/launch.cjs"]
 CMD ["run", "-c", "/etc/portcullis/portcullis.yaml"]

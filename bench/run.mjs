@@ -19,9 +19,11 @@ import { createCa, issueSvid, loadtest } from '../dist/index.js';
 import { grpcLoad } from './grpc-load.mjs';
 import { h2Load } from './h2-load.mjs';
 import { haproxyTarget } from './haproxy.mjs';
+import { nodeOptions } from './node-options.mjs';
 import { opaTestModule, tarGz } from './opa-test-module.mjs';
 import { policiesYaml } from './policies.mjs';
 import { measure } from './proc.mjs';
+import { startupTimes } from './startup.mjs';
 import { writeSvg } from './svg.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -123,6 +125,40 @@ function startProcess(name, script, argv) {
   });
 }
 
+/**
+ * Portcullis as users run it: the `portcullis run` command (the bundle, its code cache) with the
+ * image's V8 flags. Resolves with the inbound listener's port, read from the `listening` log line.
+ */
+function startPortcullis(name, configFile) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(
+      process.execPath,
+      [...nodeOptions, join(HERE, '..', 'dist', 'cli', 'launch.cjs'), 'run', '-c', configFile],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    children.push(child);
+    let out = '';
+    let port = 0;
+    // The log (stderr, JSON lines): the port from `listening`; warnings and errors are passed on.
+    child.stderr.on('data', (d) => {
+      out += d;
+      for (let nl = out.indexOf('\n'); nl >= 0; nl = out.indexOf('\n')) {
+        const line = out.slice(0, nl);
+        out = out.slice(nl + 1);
+        const m = /"listener":"inbound","address":"[^"]*:(\d+)"/.exec(line);
+        if (port === 0 && m !== null && line.includes('"msg":"listening"')) {
+          port = Number(m[1]);
+          pidOfPort.set(port, child.pid);
+          resolve(port);
+        } else if (!line.startsWith('{"level":30') && !line.startsWith('{"level":20')) {
+          log(`  [${name}] ${line}`);
+        }
+      }
+    });
+    child.on('exit', (code) => reject(new Error(`${name} exited with ${code}`)));
+  });
+}
+
 const upstreamPort = await startProcess('upstream', 'upstream.mjs', []);
 const FIXED_ONLY = args['fixed-only'] === true;
 const upstream = `http://127.0.0.1:${upstreamPort}`;
@@ -140,8 +176,10 @@ function portcullisConfig(name, extra, listenerExtra = {}) {
         bundles: { 'example.org': files['ca.pem'] },
       },
       listeners: [{ name: 'inbound', address: '127.0.0.1:0', upstream, ...listenerExtra }],
+      admin: { address: '127.0.0.1:0' },
       watch: false,
-      log: { level: 'error' },
+      // info: the `listening` line tells the bench the port; nothing is logged per request.
+      log: { level: 'info', format: 'json' },
       ...extra,
     }),
   );
@@ -154,11 +192,12 @@ const full = {
   audit: { sinks: [{ type: 'file', path: join(dir, 'audit.ndjson') }] },
 };
 const portcullis = {
-  mtls: await startProcess('portcullis-mtls', 'portcullis-target.mjs', [portcullisConfig('mtls', {})]),
-  full: await startProcess('portcullis-full', 'portcullis-target.mjs', [portcullisConfig('full', full)]),
-  noaudit: await startProcess('portcullis-noaudit', 'portcullis-target.mjs', [
+  mtls: await startPortcullis('portcullis-mtls', portcullisConfig('mtls', {})),
+  full: await startPortcullis('portcullis-full', portcullisConfig('full', full)),
+  noaudit: await startPortcullis(
+    'portcullis-noaudit',
     portcullisConfig('noaudit', { policies: full.policies }),
-  ]),
+  ),
   // Rego: no `opa` compiler here, so the bundle holds a test module that implements the OPA Wasm
   // ABI (bench/opa-test-module.mjs) and allows inputs that name /api/v1/items — the SDK, the input
   // document and the evaluation path are the real ones.
@@ -167,13 +206,15 @@ const portcullis = {
       join(dir, 'authz.tar.gz'),
       tarGz({ '/policy.wasm': await opaTestModule({ allowMarker: '"/api/v1/items' }) }),
     );
-    return startProcess('portcullis-rego', 'portcullis-target.mjs', [
+    return startPortcullis(
+      'portcullis-rego',
       portcullisConfig('rego', full, { rego: { bundle: join(dir, 'authz.tar.gz') } }),
-    ]);
+    );
   })(),
-  nocache: await startProcess('portcullis-nocache', 'portcullis-target.mjs', [
+  nocache: await startPortcullis(
+    'portcullis-nocache',
     portcullisConfig('nocache', { ...full, jwt: { cacheSize: 0 }, audit: undefined }),
-  ]),
+  ),
 };
 writeFileSync(
   join(dir, 'baseline.json'),
@@ -407,6 +448,25 @@ for (const id of FIXED_TARGETS) {
       log(`      thread ${th.tid} ${th.name.padEnd(16)} ${th.vcpu.toFixed(3)} vCPU`);
   }
 }
+
+// Startup, run → /readyz 200, with the everything-on config: the shipped command (bundle, code
+// cache — written by the targets above — and the image's V8 flags) next to the unbundled CLI that
+// tsc writes (what `portcullis` was before the bundle), 10 starts each, alternating.
+const STARTS = QUICK ? 5 : 10;
+const startupConfig = portcullisConfig('startup', full);
+const startup = {
+  bundled: await startupTimes(
+    [...nodeOptions, join(HERE, '..', 'dist', 'cli', 'launch.cjs'), 'run', '-c', startupConfig],
+    STARTS,
+  ),
+  unbundled: await startupTimes(
+    [join(HERE, '..', 'dist', 'cli', 'main.js'), 'run', '-c', startupConfig],
+    STARTS,
+  ),
+};
+log(
+  `  startup (run → /readyz 200, median of ${STARTS}): portcullis ${startup.bundled.median} ms (${startup.bundled.min}–${startup.bundled.max}); unbundled CLI, no code cache ${startup.unbundled.median} ms (${startup.unbundled.min}–${startup.unbundled.max})`,
+);
 if (FIXED_ONLY) process.exit(0);
 
 // gRPC unary calls: the service directly (h2c) and through Portcullis (mTLS + HTTP/2 in, h2c out,
@@ -431,13 +491,14 @@ writeFileSync(
     },
   }),
 );
-const grpcProxyPort = await startProcess('portcullis-grpc', 'portcullis-target.mjs', [
+const grpcProxyPort = await startPortcullis(
+  'portcullis-grpc',
   portcullisConfig(
     'grpc',
     { policies: [join(dir, 'grpc-policies')] },
     { upstream: `http://127.0.0.1:${grpcPort}`, http2: true, upstreamProtocol: 'http2' },
   ),
-]);
+);
 const grpcCreds = grpc.credentials.createSsl(
   Buffer.from(ca.certPem),
   Buffer.from(web.keyPem),

@@ -5,7 +5,7 @@
 // byte-for-byte the same afterwards (test/integration/package.test.ts checks it).
 import { readFileSync, writeFileSync } from 'node:fs';
 
-const PREPARE = 'tsc -p tsconfig.json';
+const PREPARE = 'tsc -p tsconfig.json && node scripts/bundle.mjs';
 const file = new URL('../package.json', import.meta.url);
 const manifest = JSON.parse(readFileSync(file, 'utf8'));
 const mode = process.argv[2];

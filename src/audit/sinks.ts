@@ -2,7 +2,7 @@ import { type FileHandle, open, rename, stat } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { gzip as gzipCb } from 'node:zlib';
 import type { Logger } from 'pino';
-import { request } from 'undici';
+import { request } from '../http-client.js';
 
 const gzip = promisify(gzipCb);
 

@@ -2,7 +2,7 @@ import { createHash, createPublicKey, type JsonWebKey, type KeyObject } from 'no
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
-import { request } from 'undici';
+import { request } from '../http-client.js';
 import type { JwtRule } from '../istio/request-authentication.js';
 
 /** Counters for JWT work; the metrics endpoint reads them. */

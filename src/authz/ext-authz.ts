@@ -1,6 +1,6 @@
 import type { IncomingHttpHeaders } from 'node:http';
-import { Pool } from 'undici';
 import type { ExtAuthzProvider } from '../config/types.js';
+import { Pool } from '../http-client.js';
 
 export type { ExtAuthzProvider };
 

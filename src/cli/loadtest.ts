@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { build, type Histogram } from 'hdr-histogram-js';
-import { Pool } from 'undici';
 import { PortcullisError } from '../errors.js';
+import { Pool } from '../http-client.js';
 
 export interface LoadtestInput {
   target: string;

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { readFileSync, realpathSync } from 'node:fs';
+import http from 'node:http';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatHostPort } from '../config/address.js';
@@ -387,7 +388,6 @@ async function cmdLoadtest(args: string[], out: Out): Promise<number> {
   let jwt = str(values.jwt);
   const jwtFile = str(values['jwt-file']);
   if (jwt === undefined && jwtFile !== undefined) {
-    const { readFileSync } = await import('node:fs');
     jwt = readFileSync(jwtFile, 'utf8').trim();
   }
   const { runLoadtest } = await import('./loadtest.js');
@@ -483,7 +483,6 @@ async function cmdProbe(args: string[], out: Out): Promise<number> {
   if (!/^http:\/\//.test(url))
     throw new PortcullisError('ERR_USAGE', `--url must be an http:// URL, not "${url}"`);
   const timeoutMs = durationFlag(values.timeout, '--timeout') ?? 2_000;
-  const http = await import('node:http');
   const status = await new Promise<number>((resolve) => {
     const req = http.get(url, { timeout: timeoutMs }, (res) => {
       res.resume();
@@ -583,9 +582,10 @@ export async function main(
   }
 }
 
-// Run when executed directly (also through the node_modules/.bin symlink), not when imported.
+// Run when executed directly (also through the node_modules/.bin symlink), not when imported, nor
+// from the CLI bundle (dist/bundle/portcullis.cjs), whose own entry runs main.
 const invoked = process.argv[1];
-if (invoked !== undefined) {
+if (invoked !== undefined && !import.meta.url.endsWith('.cjs')) {
   if (realpathSync(invoked) === fileURLToPath(import.meta.url)) {
     main(process.argv.slice(2)).then((code) => {
       process.exitCode = code;

@@ -1,8 +1,8 @@
 import type { ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
-import type { Dispatcher } from 'undici';
-import { Pool } from 'undici';
 import type { Limits } from '../config/load.js';
+import type { Dispatcher } from '../http-client.js';
+import { Pool } from '../http-client.js';
 import { LogLimiter } from '../transport/log-limit.js';
 import { upstreamRequestHeaders, upstreamResponseHeaders } from './headers.js';
 import { declaresBody, type LocalReply, REPLIES, sendLocalReply } from './local-reply.js';

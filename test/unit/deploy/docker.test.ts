@@ -76,6 +76,16 @@ describe('the Docker build context and image', () => {
       ).toBe(true);
   });
 
+  it('warms the code cache under the V8 flags it runs with (V8 ignores a cache made under others)', () => {
+    const stages = dockerfile.split(/^FROM /m).slice(1);
+    expect(stages).toHaveLength(2);
+    for (const stage of stages) expect(stage).toMatch(/^ENV NODE_OPTIONS=\$\{PORTCULLIS_NODE_OPTIONS\}$/m);
+    expect(dockerfile).toMatch(/^ARG PORTCULLIS_NODE_OPTIONS="--max-semi-space-size=\d+"$/m);
+    const build = stages[0] as string;
+    expect(build).toMatch(/npm ci[\s\\]*&& PORTCULLIS_CODE_CACHE=write node dist\/cli\/launch\.cjs demo --once/);
+    expect(dockerfile).toMatch(/^ENTRYPOINT \["node", "\/app\/dist\/cli\/launch\.cjs"\]$/m);
+  });
+
   it('runs as a numeric non-root user, with a health check and only runtime files', () => {
     const runtime = dockerfile.slice(dockerfile.lastIndexOf('\nFROM '));
     expect(runtime).toMatch(/^USER [1-9]\d*:[1-9]\d*$/m);

@@ -191,7 +191,7 @@ for (const name of ['portcullis-sidecar.yaml', 'portcullis-sidecar-spire.yaml'])
       // The probes reach the loopback admin server from inside the container.
       for (const probe of [proxy.startupProbe, proxy.readinessProbe, proxy.livenessProbe]) {
         const cmd = probe?.exec?.command ?? [];
-        expect(cmd.slice(0, 3)).toEqual(['node', '/app/dist/cli/main.js', 'probe']);
+        expect(cmd.slice(0, 3)).toEqual(['node', '/app/dist/cli/launch.cjs', 'probe']);
         expect(cmd[4]).toMatch(
           new RegExp(`^http://127\\.0\\.0\\.1:${cfg.admin?.address.port}/(readyz|healthz)$`),
         );
