@@ -2,14 +2,16 @@
 // Node then reads and compiles one file instead of resolving some 400 modules, and launch.cjs can
 // keep a V8 code cache for it (run → ready: ~550 ms → under 300 ms here). The library API stays
 // in dist/ as tsc wrote it. Runs after tsc (npm run build, prepare).
+import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const outfile = join(root, 'dist/bundle/portcullis.cjs');
 await build({
   entryPoints: [join(root, 'dist/cli/entry.js')],
-  outfile: join(root, 'dist/bundle/portcullis.cjs'),
+  outfile,
   bundle: true,
   platform: 'node',
   format: 'cjs',
@@ -24,3 +26,12 @@ await build({
   legalComments: 'linked',
   logLevel: 'warning',
 });
+
+// launch.cjs runs the bundle as a vm.Script, which has no loader for import(): esbuild turns the
+// imports of bundled modules into requires, but leaves import() of anything it did not bundle
+// (a built-in module, say). Fail the build rather than the command that reaches one.
+const left = /(?<![.\w$])import\(\s*["'`]([^"'`]*)/.exec(readFileSync(outfile, 'utf8'));
+if (left !== null) {
+  process.stderr.write(`bundle: import("${left[1]}") is left in ${outfile}; import it statically\n`);
+  process.exit(1);
+}

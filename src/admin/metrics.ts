@@ -186,50 +186,13 @@ export class Metrics {
       'Key set fetches that failed.',
       (j) => j.jwksFetchFailures,
     );
-    const sinkMetric = (
-      kind: 'counter' | 'gauge',
-      name: string,
-      help: string,
-      read: (s: ReturnType<MetricsSources['sinks']>[number]) => number,
-    ): void => {
-      const collect = function (this: Counter<string> | Gauge<string>): void {
-        this.reset();
-        for (const s of sources.sinks()) {
-          if (this instanceof Gauge) this.labels({ sink: s.name }).set(read(s));
-          else this.labels({ sink: s.name }).inc(read(s));
-        }
-      };
-      if (kind === 'counter') new Counter({ name, help, labelNames: ['sink'], registers, collect });
-      else new Gauge({ name, help, labelNames: ['sink'], registers, collect });
-    };
-    sinkMetric(
-      'counter',
-      'portcullis_audit_events_written_total',
-      'Audit events delivered, by sink.',
-      (s) => s.written,
-    );
-    sinkMetric(
-      'counter',
-      'portcullis_audit_events_dropped_total',
-      'Audit events dropped because the sink buffer was full.',
-      (s) => s.dropped,
-    );
-    sinkMetric(
-      'gauge',
-      'portcullis_audit_events_buffered',
-      'Audit events waiting in the sink buffer.',
-      (s) => s.buffered,
-    );
-    sinkMetric(
-      'counter',
-      'portcullis_audit_delivery_failures_total',
-      'Failed delivery attempts, by sink.',
-      (s) => s.failures,
-    );
+    registerSinkMetrics(this.registry, sources.sinks);
     new Gauge({
       name: 'portcullis_certificate_expiry_timestamp_seconds',
       help: "When the proxy's own X.509-SVID expires (Unix time).",
       registers,
+      // Across cluster workers: the earliest (the others are summed).
+      aggregator: 'min',
       collect() {
         this.set(Math.floor(sources.certificateNotAfter() / 1000));
       },
@@ -238,6 +201,7 @@ export class Metrics {
       name: 'portcullis_identity_last_update_timestamp_seconds',
       help: 'When the X.509-SVID in use arrived from the Workload API or was read from its files (Unix time).',
       registers,
+      aggregator: 'min',
       collect() {
         this.set(Math.floor(sources.identityUpdated() / 1000));
       },
@@ -247,6 +211,7 @@ export class Metrics {
       help: 'Keys each JWKS key set holds now; 0 means tokens of its issuer are refused until a fetch succeeds.',
       labelNames: ['jwks'],
       registers,
+      aggregator: 'min',
       collect() {
         this.reset();
         for (const k of sources.keySets()) this.labels({ jwks: k.id }).set(k.keys);
@@ -321,4 +286,61 @@ export class Metrics {
   get contentType(): string {
     return this.registry.contentType;
   }
+}
+
+/**
+ * The audit sink metrics, by sink: in a proxy's registry, and in a cluster primary's for the
+ * sinks it writes on behalf of its workers.
+ */
+export function registerSinkMetrics(
+  registry: Registry,
+  sinks: () => readonly {
+    name: string;
+    written: number;
+    dropped: number;
+    buffered: number;
+    failures: number;
+  }[],
+): void {
+  const registers = [registry];
+  const sinkMetric = (
+    kind: 'counter' | 'gauge',
+    name: string,
+    help: string,
+    read: (s: ReturnType<typeof sinks>[number]) => number,
+  ): void => {
+    const collect = function (this: Counter<string> | Gauge<string>): void {
+      this.reset();
+      for (const s of sinks()) {
+        if (this instanceof Gauge) this.labels({ sink: s.name }).set(read(s));
+        else this.labels({ sink: s.name }).inc(read(s));
+      }
+    };
+    if (kind === 'counter') new Counter({ name, help, labelNames: ['sink'], registers, collect });
+    else new Gauge({ name, help, labelNames: ['sink'], registers, collect });
+  };
+  sinkMetric(
+    'counter',
+    'portcullis_audit_events_written_total',
+    'Audit events delivered, by sink.',
+    (s) => s.written,
+  );
+  sinkMetric(
+    'counter',
+    'portcullis_audit_events_dropped_total',
+    'Audit events dropped because the sink buffer was full.',
+    (s) => s.dropped,
+  );
+  sinkMetric(
+    'gauge',
+    'portcullis_audit_events_buffered',
+    'Audit events waiting in the sink buffer.',
+    (s) => s.buffered,
+  );
+  sinkMetric(
+    'counter',
+    'portcullis_audit_delivery_failures_total',
+    'Failed delivery attempts, by sink.',
+    (s) => s.failures,
+  );
 }

@@ -6,8 +6,8 @@ import type { HostPort } from '../config/address.js';
 export interface AdminStatus {
   /** Listening on every listener. */
   readonly live: boolean;
-  /** Certificates and policies loaded, listening, and not shutting down. */
-  readonly ready: boolean;
+  /** Certificates and policies loaded, listening, and not shutting down (a cluster primary asks its workers). */
+  readonly ready: boolean | Promise<boolean>;
   statusJson(): unknown;
   metricsText(): Promise<{ contentType: string; body: string }>;
 }
@@ -27,10 +27,20 @@ export class AdminServer {
       if (req.method !== 'GET' && req.method !== 'HEAD') return reply(res, 405, 'method not allowed\n');
       if (path === '/healthz')
         return status.live ? reply(res, 200, 'ok\n') : reply(res, 503, 'not listening\n');
-      if (path === '/readyz')
-        return status.ready ? reply(res, 200, 'ready\n') : reply(res, 503, 'not ready\n');
-      if (path === '/status')
-        return reply(res, 200, `${JSON.stringify(status.statusJson(), null, 2)}\n`, 'application/json');
+      if (path === '/readyz') {
+        Promise.resolve(status.ready).then(
+          (ready) => (ready ? reply(res, 200, 'ready\n') : reply(res, 503, 'not ready\n')),
+          () => reply(res, 503, 'not ready\n'),
+        );
+        return;
+      }
+      if (path === '/status') {
+        Promise.resolve(status.statusJson()).then(
+          (json) => reply(res, 200, `${JSON.stringify(json, null, 2)}\n`, 'application/json'),
+          () => reply(res, 500, 'status unavailable\n'),
+        );
+        return;
+      }
       if (path === '/metrics') {
         status.metricsText().then(
           (m) => reply(res, 200, m.body, m.contentType),

@@ -3,7 +3,7 @@ import type { RequestAttributes } from '../authz/attributes.js';
 import type { DecisionOut } from '../authz/compile.js';
 import { headerText, parseQuery } from '../authz/query.js';
 import type { AuditConfig, AuditDecisions, SinkConfig } from '../config/types.js';
-import { FileSink, HttpSink, type Sink, StdoutSink } from './sinks.js';
+import { FileSink, HttpSink, PrimarySink, type Sink, StdoutSink } from './sinks.js';
 
 export type { AuditConfig, AuditDecisions, SinkConfig };
 
@@ -57,8 +57,13 @@ export class AuditLog {
   readonly config: AuditConfig;
   readonly sinks: readonly Sink[];
 
-  constructor(config: AuditConfig, log: Logger) {
+  /** `toPrimary`: a cluster worker, whose events go to the primary process (which writes them). */
+  constructor(config: AuditConfig, log: Logger, toPrimary = false) {
     this.config = config;
+    if (toPrimary) {
+      this.sinks = [new PrimarySink('primary', config.bufferSize, 1000, 5_000, config.flushIntervalMs, log)];
+      return;
+    }
     this.sinks = config.sinks.map((s, i) => {
       const name = `${s.type}-${i}`;
       const linger = config.flushIntervalMs;

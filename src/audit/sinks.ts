@@ -275,3 +275,22 @@ export class HttpSink extends Sink {
       throw new Error(`collector answered HTTP ${res.statusCode}`);
   }
 }
+
+/**
+ * A cluster worker's audit sink: batches go to the primary process over the IPC channel, where
+ * the configured sinks are (one writer per file or collector, however many workers). A batch is
+ * delivered once the channel has taken it; a worker whose primary is gone counts failures.
+ */
+export class PrimarySink extends Sink {
+  protected deliver(batch: readonly string[]): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (process.send === undefined || !process.connected) {
+        reject(new Error('no IPC channel to the primary process'));
+        return;
+      }
+      process.send({ type: 'portcullis:audit', lines: batch }, (err: Error | null) =>
+        err ? reject(err) : resolve(),
+      );
+    });
+  }
+}

@@ -73,9 +73,9 @@ function runBundle(source: string): void {
   const cache = readCache();
   const script = new vm.Script(Module.wrap(source), {
     filename: bundle,
+    // No dynamic import() may be left in the bundle (scripts/bundle.mjs checks): a script run
+    // this way has no module loader for one.
     cachedData: cache?.data,
-    // The bundle has no dynamic import() left, but a dependency could add one: let it load.
-    importModuleDynamically: vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER,
   });
   const loaded = cache !== null && script.cachedDataRejected === false;
   const write =

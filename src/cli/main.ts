@@ -1,8 +1,10 @@
 #!/usr/bin/env node
+import cluster from 'node:cluster';
 import { readFileSync, realpathSync } from 'node:fs';
 import http from 'node:http';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Logger } from 'pino';
 import { formatHostPort } from '../config/address.js';
 import { parseDuration } from '../config/duration.js';
 import type { Config } from '../config/load.js';
@@ -190,6 +192,7 @@ async function cmdRun(args: string[], out: Out): Promise<number> {
   const config = loadConfigFile(str(values.config) ?? 'portcullis.yaml');
   const { Portcullis, defaultLogger } = await import('../proxy/portcullis.js');
   const logger = await defaultLogger(config.log.level, format ?? config.log.format);
+  if (config.workers > 1) return runCluster(config, logger);
   const proxy = await Portcullis.start(config, { logger });
   return new Promise<number>((resolveExit) => {
     let stopping = false;
@@ -209,6 +212,30 @@ async function cmdRun(args: string[], out: Out): Promise<number> {
     process.on('SIGINT', () => stop('SIGINT'));
     process.on('SIGHUP', () => proxy.reload('SIGHUP'));
   });
+}
+
+/** `workers` > 1: this process is the primary (forks the workers) or one of the workers. */
+async function runCluster(config: Config, logger: Logger): Promise<number> {
+  if (!cluster.isPrimary) {
+    const { runWorker } = await import('../cluster/worker.js');
+    return runWorker(config, logger.child({ worker: cluster.worker?.id ?? 0 }));
+  }
+  const { ClusterPrimary } = await import('../cluster/primary.js');
+  const primary = new ClusterPrimary(config, logger);
+  const stop = (signal: string): void => {
+    logger.info({ signal }, 'shutting down');
+    void primary.stop(0);
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGHUP', () => void primary.reload('SIGHUP'));
+  try {
+    await primary.start();
+  } catch (err) {
+    logger.error({ err: errorMessage(err) }, 'cluster did not start');
+    void primary.stop(1);
+  }
+  return primary.done;
 }
 
 async function cmdValidate(args: string[], out: Out): Promise<number> {

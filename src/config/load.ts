@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import type { z } from 'zod';
@@ -164,6 +165,8 @@ export interface Config {
   readonly headersWithUnderscores: 'drop' | 'reject' | 'allow';
   readonly rejectOverrideHeaders: boolean;
   readonly watch: boolean;
+  /** Worker processes (`auto` already resolved to the CPUs available). 1: no cluster. */
+  readonly workers: number;
   readonly log: { readonly level: string; readonly format: 'auto' | 'json' | 'pretty' };
 }
 
@@ -489,6 +492,7 @@ export function configFromObject(raw: unknown, baseDir: string, file = '<inline>
     headersWithUnderscores: c.headersWithUnderscores,
     rejectOverrideHeaders: c.rejectOverrideHeaders,
     watch: c.watch,
+    workers: c.workers === 'auto' ? availableParallelism() : c.workers,
     log: c.log,
   };
 }

@@ -455,6 +455,11 @@ export const configSchema = z.strictObject({
     }),
   /** Re-read certificates, bundles and policies when their files change. */
   watch: z.boolean().default(true),
+  /**
+   * Processes that serve the listeners (Node cluster): each enforces on its own from the same
+   * files. `auto`: one per CPU the process may use. 1 (default): a single process.
+   */
+  workers: z.union([z.literal('auto'), z.number().int().min(1).max(64)]).default(1),
   log: z
     .strictObject({
       level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

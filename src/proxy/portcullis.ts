@@ -27,6 +27,11 @@ import { Upstream } from './upstream.js';
 export interface StartOptions {
   /** A pino logger; by default on stderr at the config's log level and format. */
   logger?: Logger;
+  /**
+   * A cluster worker (`workers` > 1): the primary process serves the admin endpoints and writes
+   * the audit stream, so this process opens no admin server and hands its audit events over IPC.
+   */
+  worker?: boolean;
 }
 
 export type LogFormat = 'auto' | 'json' | 'pretty';
@@ -96,13 +101,13 @@ export class Portcullis implements AdminStatus {
   reloads = 0;
   reloadFailures = 0;
 
-  private constructor(config: Config, snapshot: Snapshot, source: X509Source, log: Logger) {
+  private constructor(config: Config, snapshot: Snapshot, source: X509Source, log: Logger, worker: boolean) {
     this.config = config;
     this.snapshot = snapshot;
     this.source = source;
     this.log = log;
     this.extAuthz = new Map(config.extensionProviders.map((p) => [p.name, new ExtAuthzClient(p)]));
-    this.audit = config.audit === null ? null : new AuditLog(config.audit, log);
+    this.audit = config.audit === null ? null : new AuditLog(config.audit, log, worker);
     this.metrics = new Metrics({
       listeners: () => this.listeners,
       jwt: () => this.jwks.stats,
@@ -140,7 +145,8 @@ export class Portcullis implements AdminStatus {
       source.close();
       throw err;
     }
-    const p = new Portcullis(config, snapshot, source, log);
+    const worker = options.worker === true;
+    const p = new Portcullis(config, snapshot, source, log, worker);
     try {
       const plans = p.buildPlans(snapshot);
       config.listeners.forEach((lc, i) => {
@@ -173,7 +179,7 @@ export class Portcullis implements AdminStatus {
           'listening',
         );
       }
-      if (config.admin !== null) {
+      if (config.admin !== null && !worker) {
         p.admin = new AdminServer(config.admin.address, p);
         const addr = await p.admin.listen();
         log.info({ address: formatHostPort({ host: addr.address, port: addr.port }) }, 'admin listening');

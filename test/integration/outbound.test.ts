@@ -4,7 +4,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { issueSvid } from '../../src/identity/dev-ca.js';
 import { type Harness, startHarness } from '../helpers/harness.js';
 import { makePki, type TestPki } from '../helpers/pki.js';
-import { rawExchange } from '../helpers/raw.js';
 import { type EchoReply, EchoUpstream } from '../helpers/upstream.js';
 import { until } from '../helpers/wait.js';
 

@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { configFromObject, DEFAULT_LIMITS, loadConfigFile } from '../../../src/config/load.js';
 import { ConfigError } from '../../../src/errors.js';
@@ -63,6 +64,21 @@ describe('portcullis.yaml loading', () => {
         headers: {},
       },
     ]);
+  });
+
+  it('takes workers as a count, or auto for the CPUs this process may use', () => {
+    expect(configFromObject(MINIMAL, '/x', '/x/p.yaml').workers).toBe(1);
+    expect(configFromObject({ ...MINIMAL, workers: 3 }, '/x', '/x/p.yaml').workers).toBe(3);
+    expect(configFromObject({ ...MINIMAL, workers: 'auto' }, '/x', '/x/p.yaml').workers).toBe(
+      availableParallelism(),
+    );
+    for (const bad of [0, -1, 1.5, 'all', 65]) {
+      const issues = issuesOf(() => configFromObject({ ...MINIMAL, workers: bad }, '/x', '/x/p.yaml'));
+      expect(
+        issues.some((i) => i.startsWith('workers:')),
+        `${bad}: ${issues.join(' | ')}`,
+      ).toBe(true);
+    }
   });
 
   it('refuses to record credential headers in audit events', () => {

@@ -82,7 +82,9 @@ describe('the Docker build context and image', () => {
     for (const stage of stages) expect(stage).toMatch(/^ENV NODE_OPTIONS=\$\{PORTCULLIS_NODE_OPTIONS\}$/m);
     expect(dockerfile).toMatch(/^ARG PORTCULLIS_NODE_OPTIONS="--max-semi-space-size=\d+"$/m);
     const build = stages[0] as string;
-    expect(build).toMatch(/npm ci[\s\\]*&& PORTCULLIS_CODE_CACHE=write node dist\/cli\/launch\.cjs demo --once/);
+    expect(build).toMatch(
+      /npm ci[\s\\]*&& PORTCULLIS_CODE_CACHE=write node dist\/cli\/launch\.cjs demo --once/,
+    );
     expect(dockerfile).toMatch(/^ENTRYPOINT \["node", "\/app\/dist\/cli\/launch\.cjs"\]$/m);
   });
 

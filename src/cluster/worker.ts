@@ -1,0 +1,67 @@
+import type { Logger } from 'pino';
+import type { Config } from '../config/load.js';
+import { errorMessage } from '../errors.js';
+import { Portcullis } from '../proxy/portcullis.js';
+import { isToWorker, type ToPrimary, type ToWorker } from './messages.js';
+
+function send(m: ToPrimary): void {
+  if (process.connected) process.send?.(m);
+}
+
+/**
+ * A cluster worker: the whole proxy (listeners shared with the other workers through the primary's
+ * handles), without an admin server and with its audit events sent to the primary. It answers the
+ * primary's queries (readiness, status, metrics), reloads when told, and drains and exits when told
+ * to stop — or when the primary is gone. Signals go to the primary: a Ctrl-C that reaches the
+ * whole process group is handled there, once.
+ */
+export async function runWorker(config: Config, log: Logger): Promise<number> {
+  let proxy: Portcullis;
+  try {
+    proxy = await Portcullis.start(config, { logger: log, worker: true });
+  } catch (err) {
+    // The CLI prints the error and exits 1; the IPC channel must not keep this process alive.
+    if (process.connected) process.disconnect();
+    throw err;
+  }
+  send({ type: 'portcullis:started' });
+  return new Promise<number>((resolveExit) => {
+    let stopping = false;
+    const stop = (why: string): void => {
+      if (stopping) return;
+      stopping = true;
+      log.info({ why }, 'worker stopping');
+      // Closing the IPC channel (once the last audit events went through it) lets the process end.
+      proxy.close().then(
+        () => {
+          if (process.connected) process.disconnect();
+          resolveExit(0);
+        },
+        (err: unknown) => {
+          log.error({ err: errorMessage(err) }, 'worker shutdown failed');
+          if (process.connected) process.disconnect();
+          resolveExit(1);
+        },
+      );
+    };
+    const answer = async (m: ToWorker): Promise<void> => {
+      if (m.type === 'portcullis:stop') return stop('told by the primary');
+      if (m.type === 'portcullis:reload') {
+        send({ type: 'portcullis:reply', id: m.id, value: proxy.reload(m.reason) });
+        return;
+      }
+      let value: unknown = null;
+      if (m.what === 'ready') value = proxy.ready;
+      else if (m.what === 'status') value = { pid: process.pid, ...(proxy.statusJson() as object) };
+      else value = await proxy.metrics.registry.getMetricsAsJSON();
+      send({ type: 'portcullis:reply', id: m.id, value });
+    };
+    process.on('message', (m: unknown) => {
+      if (isToWorker(m)) void answer(m);
+    });
+    process.on('disconnect', () => stop('the primary process is gone'));
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => undefined);
+    process.on('SIGHUP', () => undefined);
+  });
+}
