@@ -35,22 +35,50 @@ export function threadSeconds(pid) {
   return out;
 }
 
-/** Resident set size now and at its peak, in MiB, or null. */
+/** A process and its descendants (a cluster primary and its workers), by reading /proc. */
+export function processTree(pid) {
+  const out = [pid];
+  for (let i = 0; i < out.length; i++) {
+    try {
+      for (const tid of readdirSync(`/proc/${out[i]}/task`)) {
+        const kids = readFileSync(`/proc/${out[i]}/task/${tid}/children`, 'utf8').trim();
+        if (kids !== '') out.push(...kids.split(' ').map(Number));
+      }
+    } catch {
+      // ended meanwhile
+    }
+  }
+  return out;
+}
+
+/**
+ * Resident set size now and at its peak, and the proportional set size (pages shared with other
+ * processes — the node executable's, between cluster workers — divided among them), in MiB.
+ */
 export function memoryMiB(pid) {
   try {
     const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-    const kb = (field) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? Number.NaN);
-    return { rss: kb('VmRSS') / 1024, peak: kb('VmHWM') / 1024 };
+    const kb = (text, field) =>
+      Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? Number.NaN);
+    let pss = Number.NaN;
+    try {
+      pss = kb(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'), 'Pss') / 1024;
+    } catch {
+      // no smaps_rollup (old kernel)
+    }
+    return { rss: kb(status, 'VmRSS') / 1024, peak: kb(status, 'VmHWM') / 1024, pss };
   } catch {
     return null;
   }
 }
 
 /**
- * Runs `load()` and reports what the processes in `pids` used meanwhile: vCPU (CPU seconds per
- * wall second, summed over the processes) and RSS at the end. `perThread` adds the split by thread.
+ * Runs `load()` and reports what the processes in `roots` and their descendants used meanwhile:
+ * vCPU (CPU seconds per wall second, summed over the processes) and RSS at the end (summed too:
+ * pages shared between processes count once per process). `perThread` adds the split by thread.
  */
-export async function measure(pids, load, { perThread = false } = {}) {
+export async function measure(roots, load, { perThread = false } = {}) {
+  const pids = roots.flatMap(processTree);
   const before = pids.map(cpuSeconds);
   const threadsBefore = perThread ? pids.map(threadSeconds) : [];
   const start = process.hrtime.bigint();
@@ -58,10 +86,11 @@ export async function measure(pids, load, { perThread = false } = {}) {
   const wall = Number(process.hrtime.bigint() - start) / 1e9;
   const after = pids.map(cpuSeconds);
   if (before.some((x) => x === null) || after.some((x) => x === null)) {
-    return { result, vcpu: null, rssMiB: null, threads: null };
+    return { result, vcpu: null, rssMiB: null, pssMiB: null, threads: null };
   }
   const vcpu = after.reduce((a, x, i) => a + (x - before[i]), 0) / wall;
   const rssMiB = pids.reduce((a, pid) => a + (memoryMiB(pid)?.rss ?? 0), 0);
+  const pssMiB = pids.reduce((a, pid) => a + (memoryMiB(pid)?.pss ?? 0), 0);
   let threads = null;
   if (perThread) {
     threads = [];
@@ -74,5 +103,5 @@ export async function measure(pids, load, { perThread = false } = {}) {
     });
     threads.sort((a, b) => b.vcpu - a.vcpu);
   }
-  return { result, vcpu, rssMiB, threads };
+  return { result, vcpu, rssMiB, pssMiB, threads };
 }

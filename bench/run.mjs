@@ -211,6 +211,15 @@ const portcullis = {
       portcullisConfig('rego', full, { rego: { bundle: join(dir, 'authz.tar.gz') } }),
     );
   })(),
+  // The same, as a cluster of two workers (one audit writer: the primary).
+  full2: await startPortcullis(
+    'portcullis-2-workers',
+    portcullisConfig('full2', {
+      ...full,
+      workers: 2,
+      audit: { sinks: [{ type: 'file', path: join(dir, 'audit-2.ndjson') }] },
+    }),
+  ),
   nocache: await startPortcullis(
     'portcullis-nocache',
     portcullisConfig('nocache', { ...full, jwt: { cacheSize: 0 }, audit: undefined }),
@@ -244,6 +253,13 @@ const targets = [
     key: 'full',
   },
   { name: 'portcullis everything (ES256, audit)', port: portcullis.full, token: tokens.es, enforces: true },
+  {
+    name: 'portcullis everything, 2 workers',
+    port: portcullis.full2,
+    token: tokens.rs,
+    enforces: true,
+    key: 'full2',
+  },
   {
     name: 'portcullis everything, audit off',
     port: portcullis.noaudit,
@@ -375,21 +391,10 @@ function cannon(t, duration, extra = {}) {
   });
 }
 
-for (const t of timed) {
-  t.runs = [];
-  t.pid ??= t.port === undefined ? pidOfPort.get(upstreamPort) : pidOfPort.get(t.port);
-  await cannon(t, 1); // warm-up: JIT, connections, caches
-}
-for (let round = FIXED_ONLY ? ROUNDS + 1 : 1; round <= ROUNDS; round++) {
-  for (const t of timed) {
-    const r = await cannon(t, DURATION);
-    t.runs.push(r);
-    log(
-      `  round ${round}/${ROUNDS}  ${t.name.padEnd(42)} ${Math.round(r.requests.average).toString().padStart(7)} req/s  p99 ${r.latency.p99} ms  errors ${r.errors}  non-2xx ${r.non2xx}`,
-    );
-  }
-}
+for (const t of timed) t.pid ??= t.port === undefined ? pidOfPort.get(upstreamPort) : pidOfPort.get(t.port);
 
+// The fixed-rate section runs first, on fresh processes: its RSS is that of a proxy that has only
+// ever seen the fixed rate, not one whose heap grew under the saturation rounds.
 // At a fixed arrival rate: what each proxy costs in CPU and memory at the load a sidecar really
 // runs at, and its latency there (a closed-loop test at full load measures the queue, not the
 // proxy). CPU is the target process's own (user + system, all threads) per wall second; the load
@@ -397,7 +402,7 @@ for (let round = FIXED_ONLY ? ROUNDS + 1 : 1; round <= ROUNDS; round++) {
 const RATE = Number(args.rate ?? 1000);
 const FIXED_SECONDS = QUICK ? 5 : 10;
 const fixed = {};
-const FIXED_TARGETS = ['upstream alone', 'portcullis mTLS only', 'full', 'baseline', 'haproxy'];
+const FIXED_TARGETS = ['upstream alone', 'portcullis mTLS only', 'full', 'full2', 'baseline', 'haproxy'];
 for (const id of FIXED_TARGETS) {
   const t = timed.find((x) => x.key === id || x.name === id);
   if (t === undefined) continue;
@@ -431,6 +436,7 @@ for (const id of FIXED_TARGETS) {
     vcpu: m.vcpu,
     vcpuPer1000: m.vcpu === null ? null : (m.vcpu * 1000) / r.achievedRate,
     rssMiB: m.rssMiB,
+    pssMiB: m.pssMiB,
     p50: lat.p50,
     p90: lat.p90,
     p99: lat.p99,
@@ -468,6 +474,23 @@ log(
   `  startup (run → /readyz 200, median of ${STARTS}): portcullis ${startup.bundled.median} ms (${startup.bundled.min}–${startup.bundled.max}); unbundled CLI, no code cache ${startup.unbundled.median} ms (${startup.unbundled.min}–${startup.unbundled.max})`,
 );
 if (FIXED_ONLY) process.exit(0);
+
+for (const t of timed) {
+  t.runs = [];
+  await cannon(t, 1); // warm-up: JIT, connections, caches
+}
+for (let round = 1; round <= ROUNDS; round++) {
+  for (const t of timed) {
+    // The target's own CPU over the round: at saturation, vCPU per 1000 req/s is its cost per request.
+    const m = await measure(t.pid === undefined ? [] : [t.pid], () => cannon(t, DURATION));
+    const r = m.result;
+    t.runs.push(r);
+    (t.cpu ??= []).push(m.vcpu === null ? null : (m.vcpu * 1000) / r.requests.average);
+    log(
+      `  round ${round}/${ROUNDS}  ${t.name.padEnd(42)} ${Math.round(r.requests.average).toString().padStart(7)} req/s  p99 ${r.latency.p99} ms  errors ${r.errors}  non-2xx ${r.non2xx}`,
+    );
+  }
+}
 
 // gRPC unary calls: the service directly (h2c) and through Portcullis (mTLS + HTTP/2 in, h2c out,
 // one ALLOW policy on the method), driven alike by grpc-js, interleaved over the rounds.
@@ -594,6 +617,7 @@ const RATIOS = [
   ['everythingVsHaproxy', 'everything on / HAProxy', ratio('full', 'haproxy'), 1.0, '≥ 1.0×'],
   ['everythingVsMtlsOnly', 'everything on / mTLS only', ratio(timedBy('full'), mtlsOnly), 0.9, '≥ 0.9×'],
   ['auditOnVsOff', 'audit on / audit off', ratio('full', 'noaudit'), null, 'no measurable cost'],
+  ['twoWorkersVsOne', 'everything on: 2 workers / 1', ratio('full2', 'full'), null, ''],
   ['regoVsEverything', 'everything + Rego / everything', ratio('rego', 'full'), null, ''],
 ];
 const ratios = Object.fromEntries(RATIOS.map(([k, , r]) => [k, r]));
@@ -621,10 +645,47 @@ const ratioTable = [
     ([k, label, r, goal, target]) =>
       `| ${label} | ${k === 'everythingVsHaproxy' && r === null ? `n/a (${hap.note})` : fmtRatio(r)} | ${target}${verdict(r, goal)} |`,
   ),
-  ...Object.entries(fixed).map(
-    ([name, f]) => `| p50 / p99 at a fixed ${f.rate} req/s, ${name} | ${f.p50} / ${f.p99} ms | |`,
-  ),
 ].join('\n');
+// CPU and memory: per request at saturation (the rounds above) and at a fixed 1000 req/s.
+const fmt = (x, d) => (x === null || x === undefined || Number.isNaN(x) ? 'n/a' : x.toFixed(d));
+const cpuTable = [
+  `| target | req/s at saturation | vCPU per 1000 req/s at saturation | at a fixed ${RATE} req/s: vCPU | RSS (PSS) MiB | p50 ms | p99 ms | authz p50 / p99 µs |`,
+  '|---|---:|---:|---:|---:|---:|---:|---:|',
+  ...Object.entries(fixed).map(([name, f]) => {
+    const t = timed.find((x) => x.name === name);
+    const sat = t?.runs.length ? Math.round(mean(t.runs.map((r) => r.requests.average))) : null;
+    const cpu = t?.cpu?.every((c) => c !== null) && t.cpu.length > 0 ? mean(t.cpu) : null;
+    return `| ${name} | ${sat ?? 'n/a'} | ${fmt(cpu, 3)} | ${fmt(f.vcpu, 3)} | ${fmt(f.rssMiB, 0)} (${fmt(f.pssMiB, 0)}) | ${f.p50} | ${f.p99} | ${f.authzP50Micros === null ? '–' : `${f.authzP50Micros} / ${f.authzP99Micros}`} |`;
+  }),
+].join('\n');
+const fullFixed = fixed['portcullis everything (RS256, audit)'];
+const fullCpuSat = timedBy('full')?.cpu?.every((c) => c !== null) ? mean(timedBy('full').cpu) : null;
+const targetRow = (label, value, unit, goal) =>
+  `| ${label} | ${value === null || value === undefined ? 'n/a' : `${value}${unit}`} | ≤ ${goal}${unit}${value === null || value === undefined ? '' : value <= goal ? ' — met' : ' — **missed**'} |`;
+const targetsTable = [
+  '| target (issue 15) | measured | goal |',
+  '|---|---:|---:|',
+  targetRow(
+    'vCPU per 1000 req/s at saturation, everything on',
+    fullCpuSat === null ? null : Number(fullCpuSat.toFixed(3)),
+    '',
+    0.1,
+  ),
+  targetRow(
+    `vCPU at a fixed ${RATE} req/s, everything on`,
+    fullFixed?.vcpuPer1000 == null ? null : Number(fullFixed.vcpuPer1000.toFixed(3)),
+    '',
+    0.1,
+  ),
+  targetRow(
+    `RSS at a fixed ${RATE} req/s, everything on`,
+    fullFixed?.rssMiB == null ? null : Math.round(fullFixed.rssMiB),
+    ' MiB',
+    64,
+  ),
+  targetRow('startup, run → /readyz', startup.bundled.median, ' ms', 300),
+].join('\n');
+const startupLine = `Startup, \`portcullis run\` → /readyz 200, everything-on config (median of ${startup.bundled.runs}): ${startup.bundled.median} ms (${startup.bundled.min}–${startup.bundled.max}); the unbundled CLI without a code cache: ${startup.unbundled.median} ms (${startup.unbundled.min}–${startup.unbundled.max}). Portcullis runs with ${nodeOptions.join(' ') || 'no extra V8 flags'} (the image's).`;
 const grpcRow = (name, runs) =>
   `| ${name} | ${Math.round(mean(runs.map((r) => r.callsPerSec)))} | ${Math.min(...runs.map((r) => r.callsPerSec))}–${Math.max(...runs.map((r) => r.callsPerSec))} | ${mean(runs.map((r) => r.p50)).toFixed(2)} | ${mean(runs.map((r) => r.p99)).toFixed(2)} | ${runs.reduce((a, r) => a + r.errors, 0)} |`;
 const grpcTable = [
@@ -646,7 +707,9 @@ const noise =
     : 'One round only (--quick): there is no spread to report, and on a shared 2-core machine a ratio can move by ±15 % or more from one run to the next. Use the full run (3 rounds) for figures to quote.';
 const cpu = cpus()[0]?.model ?? 'unknown CPU';
 const machine = `${cpus().length} × ${cpu}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`;
-console.log(`\n${table}\n\n${ratioTable}\n\n${grpcTable}\n\n${h2Table}\n\n${noise}\n`);
+console.log(
+  `\n${table}\n\n${ratioTable}\n\n${cpuTable}\n\n${targetsTable}\n\n${startupLine}\n\n${grpcTable}\n\n${h2Table}\n\n${noise}\n`,
+);
 console.log(`machine: ${machine}`);
 for (const t of selected.filter((x) => x.excluded)) console.log(`not compared: ${t.name} (${t.excluded})`);
 
@@ -660,6 +723,9 @@ const report = {
   rows,
   ratios,
   fixedRate: fixed,
+  cpuPer1000AtSaturation: Object.fromEntries(timed.map((t) => [t.name, t.cpu ?? null])),
+  startup,
+  nodeOptions,
   grpc: grpcRuns,
   http2: h2Runs,
   haproxy: hap.note,
@@ -675,7 +741,7 @@ writeFileSync(join(resultsDir, 'latest.json'), `${JSON.stringify(report, null, 2
 writeSvg(join(resultsDir, 'latest.svg'), report);
 writeFileSync(
   join(resultsDir, 'latest.md'),
-  `${report.mode} run, ${report.time}: ${ROUNDS} round(s) × ${DURATION} s per target, ${CONNECTIONS} connections, interleaved\n\n${table}\n\n${ratioTable}\n\n${grpcTable}\n\n${h2Table}\n\n${noise}\n\nmachine: ${machine}\n`,
+  `${report.mode} run, ${report.time}: ${ROUNDS} round(s) × ${DURATION} s per target, ${CONNECTIONS} connections, interleaved\n\n${table}\n\n${ratioTable}\n\n${cpuTable}\n\n${targetsTable}\n\n${startupLine}\n\n${grpcTable}\n\n${h2Table}\n\n${noise}\n\nmachine: ${machine}\n`,
 );
 log(`\nwrote ${shown}/${stamp}.json, latest.json, latest.svg, latest.md`);
 
