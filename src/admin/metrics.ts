@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry } from './prom.js';
 
 /** What the metrics read at scrape time (counters kept elsewhere are copied in then). */
 export interface MetricsSources {

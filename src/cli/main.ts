@@ -1,7 +1,7 @@
 #!/usr/bin/env node
-import cluster from 'node:cluster';
 import { readFileSync, realpathSync } from 'node:fs';
 import http from 'node:http';
+import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
@@ -216,6 +216,9 @@ async function cmdRun(args: string[], out: Out): Promise<number> {
 
 /** `workers` > 1: this process is the primary (forks the workers) or one of the workers. */
 async function runCluster(config: Config, logger: Logger): Promise<number> {
+  // Required here, not imported: node:cluster (and child_process under it) cost a single process
+  // ~15 ms of start-up, and import() cannot be used in the CLI bundle (scripts/bundle.mjs).
+  const cluster = createRequire(import.meta.url)('node:cluster') as typeof import('node:cluster').default;
   if (!cluster.isPrimary) {
     const { runWorker } = await import('../cluster/worker.js');
     return runWorker(config, logger.child({ worker: cluster.worker?.id ?? 0 }));

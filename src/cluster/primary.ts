@@ -1,8 +1,9 @@
 import cluster, { type Worker } from 'node:cluster';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import { AggregatorRegistry, Counter, Gauge, Registry } from 'prom-client';
+import AggregatorRegistry from 'prom-client/lib/cluster.js';
 import { registerSinkMetrics } from '../admin/metrics.js';
+import { Counter, Gauge, Registry } from '../admin/prom.js';
 import { AdminServer, type AdminStatus } from '../admin/server.js';
 import { AuditLog } from '../audit/log.js';
 import { formatHostPort } from '../config/address.js';
