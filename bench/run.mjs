@@ -666,7 +666,7 @@ const fullCpuSat = timedBy('full')?.cpu?.every((c) => c !== null) ? mean(timedBy
 const targetRow = (label, value, unit, goal) =>
   `| ${label} | ${value === null || value === undefined ? 'n/a' : `${value}${unit}`} | ≤ ${goal}${unit}${value === null || value === undefined ? '' : value <= goal ? ' — met' : ' — **missed**'} |`;
 const targetsTable = [
-  '| target (issue 15) | measured | goal |',
+  '| goal for a sidecar | measured | goal |',
   '|---|---:|---:|',
   targetRow(
     'vCPU per 1000 req/s at saturation, everything on',
