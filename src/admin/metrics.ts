@@ -1,3 +1,4 @@
+import type { SinkCounters } from '../audit/sinks.js';
 import { Counter, Gauge, Histogram, Registry } from './prom.js';
 
 /** What the metrics read at scrape time (counters kept elsewhere are copied in then). */
@@ -292,16 +293,7 @@ export class Metrics {
  * The audit sink metrics, by sink: in a proxy's registry, and in a cluster primary's for the
  * sinks it writes on behalf of its workers.
  */
-export function registerSinkMetrics(
-  registry: Registry,
-  sinks: () => readonly {
-    name: string;
-    written: number;
-    dropped: number;
-    buffered: number;
-    failures: number;
-  }[],
-): void {
+export function registerSinkMetrics(registry: Registry, sinks: () => readonly SinkCounters[]): void {
   const registers = [registry];
   const sinkMetric = (
     kind: 'counter' | 'gauge',

@@ -74,6 +74,17 @@ export class AuditLog {
     });
   }
 
+  /** Each sink's counters, as /status shows them. */
+  status(): { sink: string; written: number; dropped: number; buffered: number; failures: number }[] {
+    return this.sinks.map((k) => ({
+      sink: k.name,
+      written: k.written,
+      dropped: k.dropped,
+      buffered: k.buffered,
+      failures: k.failures,
+    }));
+  }
+
   /**
    * Called once a response is finished (or the client went away), with the decision (`deny`) and
    * reason the proxy read from its reply table. Appends; never waits.

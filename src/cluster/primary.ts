@@ -211,14 +211,7 @@ export class ClusterPrimary implements AdminStatus {
     return {
       ready: await this.ready,
       cluster: { workers: this.config.workers, running: this.slots.size, restarts: this.restarts },
-      audit:
-        this.audit?.sinks.map((k) => ({
-          sink: k.name,
-          written: k.written,
-          dropped: k.dropped,
-          buffered: k.buffered,
-          failures: k.failures,
-        })) ?? null,
+      audit: this.audit?.status() ?? null,
       workers,
     };
   }

@@ -467,14 +467,7 @@ export class Portcullis implements AdminStatus {
       reloadFailures: this.reloadFailures,
       identitySource: this.source.description,
       workloadApi: this.source.status(),
-      audit:
-        this.audit?.sinks.map((k) => ({
-          sink: k.name,
-          written: k.written,
-          dropped: k.dropped,
-          buffered: k.buffered,
-          failures: k.failures,
-        })) ?? null,
+      audit: this.audit?.status() ?? null,
       jwt: {
         ...this.jwks.stats,
         keySets: this.jwks.list().map((s) => ({
