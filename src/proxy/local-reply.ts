@@ -48,6 +48,11 @@ export class LocalReply {
   readonly h2Headers: Readonly<Record<string, string | string[]>>;
   /** Add `WWW-Authenticate: Bearer realm="<request URL>"` (RFC 6750 §3), as Envoy does on a JWT failure. */
   readonly bearerChallenge: boolean;
+  /**
+   * The proxy's own plain-text message, which gets the request id on a line of its own; not a
+   * relayed body (an external authorizer's, a policy's) nor a page or document (JSON, HTML).
+   */
+  readonly text: boolean;
 
   /** A string body gets a final newline; a Buffer is sent exactly (a relayed body). */
   constructor(
@@ -73,6 +78,10 @@ export class LocalReply {
       // Always the length of the body actually sent, whatever a relayed header said.
       'content-length': String(this.body.length),
     };
+    this.text =
+      typeof body === 'string' &&
+      this.body.length > 0 &&
+      String(this.headers['content-type']).startsWith('text/plain');
     const { connection: _c, 'keep-alive': _k, 'transfer-encoding': _t, ...h2 } = this.headers;
     this.h2Headers = h2;
   }
@@ -193,8 +202,13 @@ export const REPLIES = {
   ),
 } as const;
 
-/** `challenge` is the WWW-Authenticate value for replies that carry one, else ''. */
-export function sendLocalReply(res: ServerResponse, reply: LocalReply, challenge = ''): void {
+/**
+ * `challenge` is the WWW-Authenticate value for replies that carry one, else ''. `requestId`: the
+ * request's id, sent as `x-request-id` and, for the proxy's own text bodies, on a line after the
+ * usual text (the first line stays Envoy's, for clients that match it), so that a user can quote
+ * it and an operator find the audit event. Nothing else of the decision reaches the client.
+ */
+export function sendLocalReply(res: ServerResponse, reply: LocalReply, challenge = '', requestId = ''): void {
   if (res.headersSent) {
     // Too late for a clean reply: cut the response so the client cannot take a partial body as whole.
     res.destroy();
@@ -207,18 +221,24 @@ export function sendLocalReply(res: ServerResponse, reply: LocalReply, challenge
   // stream into the proxy until requestTimeout.
   const req = res.req;
   if (req.httpVersionMajor === 2 && isGrpc(req)) {
-    sendGrpcReply(res, reply);
+    sendGrpcReply(res, reply, requestId);
     return;
+  }
+  let body = reply.body;
+  let headers = req.httpVersionMajor === 2 ? reply.h2Headers : reply.headers;
+  if (requestId !== '') {
+    if (reply.text) body = Buffer.concat([body, Buffer.from(`request id: ${requestId}\n`)]);
+    headers = { ...headers, 'content-length': String(body.length), 'x-request-id': requestId };
   }
   if (req.httpVersionMajor === 2) {
     // An HTTP/2 stream ends on its own; the connection carries other streams.
-    res.writeHead(reply.status, reply.h2Headers);
-    res.end(reply.body);
+    res.writeHead(reply.status, headers);
+    res.end(body);
     return;
   }
   if (!req.complete && declaresBody(req)) res.setHeader('connection', 'close');
-  res.writeHead(reply.status, reply.headers);
-  res.end(reply.body);
+  res.writeHead(reply.status, headers);
+  res.end(body);
 }
 
 /** A gRPC call (gRPC over HTTP/2: content-type application/grpc, +proto, +json, …). */
@@ -231,7 +251,7 @@ export function isGrpc(req: IncomingMessage): boolean {
  * A local reply as a gRPC client understands it, as Envoy sends one: HTTP 200 and a trailers-only
  * response (one HEADERS frame that ends the stream) carrying grpc-status and grpc-message.
  */
-function sendGrpcReply(res: ServerResponse, reply: LocalReply): void {
+function sendGrpcReply(res: ServerResponse, reply: LocalReply, requestId: string): void {
   const stream = (res as unknown as { stream: ServerHttp2Stream }).stream;
   if (stream.headersSent || stream.destroyed) {
     stream.close(NGHTTP2_INTERNAL_ERROR);
@@ -243,6 +263,7 @@ function sendGrpcReply(res: ServerResponse, reply: LocalReply): void {
       'content-type': 'application/grpc',
       'grpc-status': String(reply.grpcStatus),
       'grpc-message': grpcMessage(reply.body.toString('utf8').trim()),
+      ...(requestId === '' ? {} : { 'x-request-id': requestId }),
     },
     { endStream: true },
   );

@@ -190,7 +190,7 @@ export class RequestStream implements ForwardedFor {
   answer(r: LocalReply): void {
     this.reply = r;
     this.applyResponseHeaders();
-    sendLocalReply(this.res, r, r.bearerChallenge ? this.ctx.bearerChallenge() : '');
+    sendLocalReply(this.res, r, r.bearerChallenge ? this.ctx.bearerChallenge() : '', this.attrs.requestId);
   }
 
   /** Any error inside a stage denies the request: a PEP that cannot decide must not let it through. */

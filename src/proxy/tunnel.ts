@@ -77,7 +77,7 @@ class Tunnel {
       upSocket.destroy();
       rs.upstreamEnd = performance.now();
       rs.reply = REPLIES.upstreamError;
-      sendLocalReply(rs.res, rs.reply);
+      sendLocalReply(rs.res, rs.reply, '', rs.attrs.requestId);
       return;
     }
     this.upstream = upSocket;
@@ -266,5 +266,5 @@ function onUpstreamError(this: http.ClientRequest & Tagged, err: Error & { code?
   }
   const reply = replyForUpstreamError(err);
   rs.reply = reply;
-  sendLocalReply(rs.res, reply);
+  sendLocalReply(rs.res, reply, '', rs.attrs.requestId);
 }

@@ -63,6 +63,8 @@ export class H2Upstream {
       sendLocalReply(
         rs.res,
         replyForUpstreamError(Object.assign(new Error('closed'), { code: 'UND_ERR_CLOSED' })),
+        '',
+        rs.attrs.requestId,
       );
       return;
     }
@@ -89,7 +91,7 @@ export class H2Upstream {
       stream = this.current().request(out, { endStream: !hasBody });
     } catch (err) {
       rs.reply = replyForUpstreamError(err as Error);
-      sendLocalReply(rs.res, rs.reply);
+      sendLocalReply(rs.res, rs.reply, '', rs.attrs.requestId);
       return;
     }
     const exchange = new H2Exchange(rs, stream);
@@ -189,7 +191,7 @@ function onStreamError(this: http2.ClientHttp2Stream & Tagged, err: Error & { co
   // A stream cancelled because its session failed carries the session's error (ECONNREFUSED, …) as cause.
   const cause = (err as Error & { cause?: Error & { code?: string } }).cause;
   rs.reply = replyForUpstreamError(cause?.code !== undefined ? cause : err);
-  sendLocalReply(rs.res, rs.reply);
+  sendLocalReply(rs.res, rs.reply, '', rs.attrs.requestId);
 }
 
 /** The client's response closed: cancel the upstream stream if it is still going. */

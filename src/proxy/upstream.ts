@@ -218,7 +218,7 @@ class Exchange {
         'upstream request failed (held: like lines not logged in the last 10 s)',
       );
     rs.reply = reply;
-    sendLocalReply(rs.res, reply);
+    sendLocalReply(rs.res, reply, '', rs.attrs.requestId);
   }
 
   /** The client's response closed: stop the upstream request if it is still going. */

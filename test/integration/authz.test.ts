@@ -79,8 +79,32 @@ describe('AuthorizationPolicy enforced on real requests', () => {
     const before = h.upstream.requests;
     const res = await request(`${h.url}/api/items`, db);
     expect(res.status).toBe(403);
-    expect(res.text).toBe('RBAC: access denied\n');
+    // Envoy's text first (clients match it), then the id an operator can find the event by.
+    const id = res.headers['x-request-id'] as string;
+    expect(id).toMatch(/^[0-9a-f-]{36}$/);
+    expect(res.text).toBe(`RBAC: access denied\nrequest id: ${id}\n`);
     expect(h.upstream.requests).toBe(before);
+  });
+
+  it("echoes a caller's own request id on a deny, and never one that could forge a line", async () => {
+    const mine = await request(`${h.url}/api/items`, {
+      ...db,
+      headers: { 'x-request-id': 'trace-42.a_b:c' },
+    });
+    expect(mine.status).toBe(403);
+    expect(mine.headers['x-request-id']).toBe('trace-42.a_b:c');
+    expect(mine.text).toBe('RBAC: access denied\nrequest id: trace-42.a_b:c\n');
+    // Not a request id (a space and a forged second line; too long): one of the proxy's instead.
+    for (const hostile of ['x request id: forged', 'a\tb', 'z'.repeat(129)]) {
+      const res = await request(`${h.url}/api/items`, {
+        ...db,
+        headers: { 'x-request-id': hostile },
+      });
+      expect(res.status).toBe(403);
+      const id = res.headers['x-request-id'] as string;
+      expect(id).toMatch(/^[0-9a-f-]{36}$/);
+      expect(res.text).toBe(`RBAC: access denied\nrequest id: ${id}\n`);
+    }
   });
 
   it('denies what no rule allows (a method, a path)', async () => {

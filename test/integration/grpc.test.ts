@@ -70,6 +70,8 @@ describe('gRPC calls the proxy refuses', () => {
     const err = await call('/shop.Orders/Delete');
     expect(err?.code).toBe(grpc.status.PERMISSION_DENIED);
     expect(err?.details).toBe('RBAC: access denied');
+    // The id to quote travels as metadata; grpc-message stays Envoy's text.
+    expect(String(err?.metadata.get('x-request-id')[0])).toMatch(/^[0-9a-f-]{36}$/);
   });
 
   it('a method that needs a token: a bad token is UNAUTHENTICATED, none is PERMISSION_DENIED', async () => {

@@ -114,7 +114,7 @@ describe('HTTP/2 inbound', () => {
       h2request(session, { ':path': '/c', ':authority': 'secret.example' }),
     ]);
     expect([a.status, denied.status, b.status, hostDenied.status]).toEqual([200, 403, 200, 403]);
-    expect(denied.body).toBe('RBAC: access denied\n');
+    expect(denied.body).toMatch(/^RBAC: access denied\nrequest id: [0-9a-f-]{36}\n$/);
     expect(session.closed).toBe(false);
   });
 

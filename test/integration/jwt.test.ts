@@ -128,7 +128,7 @@ describe('RequestAuthentication against a real JWKS server', () => {
     const before = h.upstream.requests;
     const res = await request(`${h.url}/secure?x=1`, { ...h.client, headers: bearer(await make()) });
     expect(res.status).toBe(401);
-    expect(res.text).toBe('Jwt verification fails\n');
+    expect(res.text).toMatch(/^Jwt verification fails\nrequest id: [0-9a-f-]{36}\n$/);
     expect(res.headers['www-authenticate']).toBe(`Bearer realm="https://localhost:${h.port}/secure"`);
     expect(h.upstream.requests).toBe(before);
   });
@@ -139,7 +139,7 @@ describe('RequestAuthentication against a real JWKS server', () => {
       headers: bearer(await sign(rs, { aud: ['web', 'mobile'] })),
     });
     expect(res.status).toBe(403);
-    expect(res.text).toBe('Audiences in Jwt are not allowed\n');
+    expect(res.text).toMatch(/^Audiences in Jwt are not allowed\nrequest id: [0-9a-f-]{36}\n$/);
     const ok = await request(`${h.url}/aud`, {
       ...h.client,
       headers: bearer(await sign(rs, { aud: ['web', 'api2'] })),

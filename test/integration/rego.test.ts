@@ -31,7 +31,7 @@ spec:
     expect((await request(`${h.url}/allowed/x`, h.client)).status).toBe(200);
     const denied = await request(`${h.url}/nope`, h.client);
     expect(denied.status).toBe(403);
-    expect(denied.text).toBe('RBAC: access denied\n');
+    expect(denied.text).toMatch(/^RBAC: access denied\nrequest id: [0-9a-f-]{36}\n$/);
   });
 
   it('applies an object result: status, body and headers of a denial', async () => {
