@@ -39,7 +39,11 @@ export abstract class Sink implements SinkCounters {
   private readonly lingerMs: number;
   /** Ends the linger early (a full batch, or a flush); null when the pump is not lingering. */
   private wake: (() => void) | null = null;
+  private lingerTimer: NodeJS.Timeout | null = null;
   private readonly onWake = (): void => {
+    // A linger ended early must not leave its timer to end the next one early too.
+    if (this.lingerTimer !== null) clearTimeout(this.lingerTimer);
+    this.lingerTimer = null;
     const w = this.wake;
     this.wake = null;
     w?.();
@@ -86,7 +90,7 @@ export abstract class Sink implements SinkCounters {
     if (this.lingerMs > 0 && !this.closing && this.queue.length < this.batchSize) {
       await new Promise<void>((r) => {
         this.wake = r;
-        setTimeout(this.onWake, this.lingerMs).unref();
+        this.lingerTimer = setTimeout(this.onWake, this.lingerMs).unref();
       });
     } else {
       await new Promise<void>((r) => setImmediate(r));

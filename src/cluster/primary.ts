@@ -45,6 +45,8 @@ export class ClusterPrimary implements AdminStatus {
   private admin: AdminServer | null = null;
   private nextId = 1;
   private everStarted = false;
+  /** Settles start(): once every worker has said it is serving, or when the primary stops first. */
+  private starting: { resolve(): void; reject(err: Error): void } | null = null;
   private stopping = false;
   private restarts = 0;
   private consecutiveCrashes = 0;
@@ -99,18 +101,7 @@ export class ClusterPrimary implements AdminStatus {
     }
     for (let i = 0; i < this.config.workers; i++) this.fork();
     const allStarted = new Promise<void>((resolve, reject) => {
-      const check = setInterval(() => {
-        if (this.stopping) {
-          clearInterval(check);
-          reject(new Error('a worker could not start (its error is above)'));
-        } else if (
-          this.slots.size === this.config.workers &&
-          [...this.slots.values()].every((s) => s.started)
-        ) {
-          clearInterval(check);
-          resolve();
-        }
-      }, 10);
+      this.starting = { resolve, reject };
     });
     await allStarted;
     this.log.info({ workers: this.config.workers }, 'ready');
@@ -129,6 +120,11 @@ export class ClusterPrimary implements AdminStatus {
       const slot = this.slots.get(worker.id);
       if (slot !== undefined) slot.started = true;
       this.everStarted = true;
+      const all = this.slots.size === this.config.workers && [...this.slots.values()].every((x) => x.started);
+      if (all && this.starting !== null) {
+        this.starting.resolve();
+        this.starting = null;
+      }
     } else {
       const p = this.pending.get(m.id);
       if (p === undefined) return;
@@ -235,6 +231,8 @@ export class ClusterPrimary implements AdminStatus {
   async stop(code = 0): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    this.starting?.reject(new Error('a worker could not start (its error is above)'));
+    this.starting = null;
     const exited = [...this.slots.values()].map(
       (s) =>
         new Promise<void>((resolve) => {
