@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { RequestAttributes } from '../authz/attributes.js';
 import type { DecisionOut } from '../authz/compile.js';
-import { headerText, parseQuery } from '../authz/query.js';
+import { headerText, redactQuery } from '../authz/query.js';
 import type { AuditConfig, AuditDecisions, SinkConfig } from '../config/types.js';
 import { FileSink, HttpSink, PrimarySink, type Sink, StdoutSink } from './sinks.js';
 
@@ -262,11 +262,4 @@ export class AuditLog {
 
 function isGrpcCall(contentType: string | undefined): boolean {
   return contentType?.startsWith('application/grpc') === true;
-}
-
-/** The query with the value of every token parameter replaced by `REDACTED` (names compared decoded). */
-export function redactQuery(query: string, tokenParams: ReadonlySet<string>): string {
-  const pairs = parseQuery(query);
-  if (!pairs.some((p) => tokenParams.has(p.name))) return query;
-  return pairs.map((p) => (tokenParams.has(p.name) ? `${p.raw.split('=', 1)[0]}=REDACTED` : p.raw)).join('&');
 }

@@ -46,3 +46,10 @@ export function parseQuery(query: string): QueryPair[] {
 export function headerText(v: string | string[] | undefined): string | undefined {
   return Array.isArray(v) ? v.join(', ') : v;
 }
+
+/** The query with the value of every token parameter replaced by `REDACTED` (names compared decoded). */
+export function redactQuery(query: string, tokenParams: ReadonlySet<string>): string {
+  const pairs = parseQuery(query);
+  if (!pairs.some((p) => tokenParams.has(p.name))) return query;
+  return pairs.map((p) => (tokenParams.has(p.name) ? `${p.raw.split('=', 1)[0]}=REDACTED` : p.raw)).join('&');
+}

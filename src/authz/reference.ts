@@ -25,6 +25,8 @@ export interface ReferenceResult {
   shadowDeny: string | null;
   shadowAllowed: boolean;
   explanations: PolicyExplanation[];
+  /** For a request no ALLOW policy matched: the rule closest to allowing it; else null. */
+  nearestMiss: NearestMiss | null;
 }
 
 export interface PolicyExplanation {
@@ -33,8 +35,18 @@ export interface PolicyExplanation {
   dryRun: boolean;
   /** Index of the matching rule, or -1. */
   ruleIndex: number;
-  /** One line per rule: why it matched or which clause failed. */
+  /** One line per rule: why it matched or which clauses failed. */
   rules: string[];
+  /** Per rule, what failed. */
+  failures: RuleFailures[];
+}
+
+/** The ALLOW rule a denied request came closest to: the fewest failed conditions (first on a tie). */
+export interface NearestMiss {
+  readonly policy: string;
+  readonly ruleIndex: number;
+  /** The conditions that failed (see RuleFailures.conditions). */
+  readonly failed: readonly string[];
 }
 
 function valueMatches(pattern: string, v: string): boolean {
@@ -96,40 +108,54 @@ function ipMatches(blocks: readonly string[], addr: string): boolean {
 
 type Check = (v: string) => boolean;
 
-/** Istio's X / notX: X must match when set, notX must not. Returns a failure text or null. */
+/**
+ * How values read from a request are shown in an explanation: `redacted` names headers whose
+ * values are credentials (tokens, cookies) and are shown as REDACTED; matching still uses them.
+ */
+export interface ExplainOptions {
+  readonly redacted?: ReadonlySet<string>;
+}
+
+const NO_OPTIONS: ExplainOptions = {};
+
+/** Istio's X / notX: X must match when set, notX must not. Pushes a failure text onto `out`. */
 function field(
+  out: string[],
   name: string,
   v: string,
   pos: string[] | undefined,
   neg: string[] | undefined,
   m: (ps: string[], v: string) => boolean,
-): string | null {
+): void {
   if (pos !== undefined && !m(pos, v))
-    return `${name}: ${JSON.stringify(v)} is not in ${JSON.stringify(pos)}`;
+    out.push(`${name}: ${JSON.stringify(v)} is not in ${JSON.stringify(pos)}`);
   if (neg !== undefined && m(neg, v))
-    return `not${name[0]?.toUpperCase()}${name.slice(1)}: ${JSON.stringify(v)} is in ${JSON.stringify(neg)}`;
-  return null;
+    out.push(
+      `not${name[0]?.toUpperCase()}${name.slice(1)}: ${JSON.stringify(v)} is in ${JSON.stringify(neg)}`,
+    );
 }
 
-function sourceFails(s: SourceSpec, a: RequestAttributes): string | null {
-  return (
-    field('principals', a.peerPrincipal, s.principals, s.notPrincipals, anyValue) ??
-    field('requestPrincipals', a.requestPrincipal, s.requestPrincipals, s.notRequestPrincipals, anyValue) ??
-    field('namespaces', a.peerNamespace, s.namespaces, s.notNamespaces, anyValue) ??
-    field('ipBlocks', a.sourceAddress, s.ipBlocks, s.notIpBlocks, ipMatches) ??
-    field('remoteIpBlocks', a.remoteAddress, s.remoteIpBlocks, s.notRemoteIpBlocks, ipMatches)
-  );
+/** Every field of a source that fails (empty: the source matches). */
+function sourceFailures(s: SourceSpec, a: RequestAttributes): string[] {
+  const out: string[] = [];
+  field(out, 'principals', a.peerPrincipal, s.principals, s.notPrincipals, anyValue);
+  field(out, 'requestPrincipals', a.requestPrincipal, s.requestPrincipals, s.notRequestPrincipals, anyValue);
+  field(out, 'namespaces', a.peerNamespace, s.namespaces, s.notNamespaces, anyValue);
+  field(out, 'ipBlocks', a.sourceAddress, s.ipBlocks, s.notIpBlocks, ipMatches);
+  field(out, 'remoteIpBlocks', a.remoteAddress, s.remoteIpBlocks, s.notRemoteIpBlocks, ipMatches);
+  return out;
 }
 
-function operationFails(o: OperationSpec, a: RequestAttributes): string | null {
+/** Every field of an operation that fails (empty: the operation matches). */
+function operationFailures(o: OperationSpec, a: RequestAttributes): string[] {
+  const out: string[] = [];
   const port = String(a.destinationPort);
   const ports = (ps: string[], v: string): boolean => ps.includes(v);
-  return (
-    field('hosts', a.host, o.hosts, o.notHosts, (ps, v) => anyValue(ps, v, true)) ??
-    field('ports', port, o.ports?.map(String), o.notPorts?.map(String), ports) ??
-    field('methods', a.method, o.methods, o.notMethods, anyValue) ??
-    field('paths', a.path, o.paths, o.notPaths, pathMatches)
-  );
+  field(out, 'hosts', a.host, o.hosts, o.notHosts, (ps, v) => anyValue(ps, v, true));
+  field(out, 'ports', port, o.ports?.map(String), o.notPorts?.map(String), ports);
+  field(out, 'methods', a.method, o.methods, o.notMethods, anyValue);
+  field(out, 'paths', a.path, o.paths, o.notPaths, pathMatches);
+  return out;
 }
 
 function claimOf(a: RequestAttributes, key: string): string[] {
@@ -181,45 +207,79 @@ function conditionValues(a: RequestAttributes, key: string): string[] {
   }
 }
 
-function conditionFails(c: ConditionSpec, a: RequestAttributes): string | null {
+function conditionFails(c: ConditionSpec, a: RequestAttributes, o: ExplainOptions): string | null {
   const vals = conditionValues(a, c.key);
   const isIp = c.key === 'source.ip' || c.key === 'remote.ip' || c.key === 'destination.ip';
   const one: (patterns: string[], v: string) => boolean =
     c.key === 'destination.port' ? (ps, v) => ps.includes(v) : isIp ? ipMatches : anyValue;
   const some: Check = (v) => vals.length > 0 && vals.some((x) => one([v], x));
+  const header = c.key.startsWith('request.headers[')
+    ? c.key.slice('request.headers['.length, -1).toLowerCase()
+    : '';
+  const shown =
+    header !== '' && o.redacted?.has(header) === true ? vals.map((v) => (v === '' ? v : 'REDACTED')) : vals;
   if (c.values !== undefined && !c.values.some(some))
-    return `when ${c.key}: ${JSON.stringify(vals)} matches none of ${JSON.stringify(c.values)}`;
+    return `when ${c.key}: ${JSON.stringify(shown)} matches none of ${JSON.stringify(c.values)}`;
   if (c.notValues?.some(some))
-    return `when ${c.key}: ${JSON.stringify(vals)} matches notValues ${JSON.stringify(c.notValues)}`;
+    return `when ${c.key}: ${JSON.stringify(shown)} matches notValues ${JSON.stringify(c.notValues)}`;
   return null;
 }
 
-function ruleFails(r: RuleSpec, a: RequestAttributes): string | null {
-  if (r.from !== null && r.from.length > 0) {
-    const fails = r.from.map((s) => sourceFails(s, a));
-    if (fails.every((f) => f !== null))
-      return `from: no source matches (${fails.map((f, i) => `from[${i}] ${f}`).join('; ')})`;
-  }
-  if (r.to !== null && r.to.length > 0) {
-    const fails = r.to.map((o) => operationFails(o, a));
-    if (fails.every((f) => f !== null))
-      return `to: no operation matches (${fails.map((f, i) => `to[${i}] ${f}`).join('; ')})`;
-  }
+/**
+ * Why a rule does not match: one entry per failed condition (empty: it matches). A `from` (or
+ * `to`) whose sources all fail counts as many conditions as its closest source fails on.
+ */
+export interface RuleFailures {
+  /** One text per failed clause, for display. */
+  readonly texts: string[];
+  /** Failed conditions, counting a failed `from`/`to` by its closest source/operation. */
+  readonly count: number;
+  /** The failed conditions of the closest source, the closest operation and the `when` list. */
+  readonly conditions: string[];
+}
+
+function ruleFailures(r: RuleSpec, a: RequestAttributes, o: ExplainOptions): RuleFailures {
+  const texts: string[] = [];
+  const conditions: string[] = [];
+  const block = (name: 'from' | 'to', fails: string[][]): void => {
+    if (fails.length === 0 || fails.some((f) => f.length === 0)) return;
+    texts.push(
+      `${name}: no ${name === 'from' ? 'source' : 'operation'} matches (${fails.map((f, i) => `${name}[${i}] ${f.join(', ')}`).join('; ')})`,
+    );
+    let best = 0;
+    fails.forEach((f, i) => {
+      if (f.length < (fails[best] as string[]).length) best = i;
+    });
+    for (const f of fails[best] as string[]) conditions.push(`${name}[${best}] ${f}`);
+  };
+  block(
+    'from',
+    (r.from ?? []).map((s) => sourceFailures(s, a)),
+  );
+  block(
+    'to',
+    (r.to ?? []).map((op) => operationFailures(op, a)),
+  );
   for (const c of r.when ?? []) {
-    const f = conditionFails(c, a);
-    if (f !== null) return f;
+    const f = conditionFails(c, a, o);
+    if (f !== null) {
+      texts.push(f);
+      conditions.push(f);
+    }
   }
-  return null;
+  return { texts, count: conditions.length, conditions };
 }
 
-function explain(p: AuthorizationPolicy, a: RequestAttributes): PolicyExplanation {
+function explain(p: AuthorizationPolicy, a: RequestAttributes, o: ExplainOptions): PolicyExplanation {
   const rules: string[] = [];
+  const failures: RuleFailures[] = [];
   let ruleIndex = -1;
   if (p.rules === null || p.rules.length === 0) rules.push('no rules: matches nothing');
   (p.rules ?? []).forEach((r, i) => {
-    const f = ruleFails(r, a);
-    if (f === null && ruleIndex === -1) ruleIndex = i;
-    rules.push(f === null ? `rule[${i}]: matches` : `rule[${i}]: ${f}`);
+    const f = ruleFailures(r, a, o);
+    failures.push(f);
+    if (f.count === 0 && ruleIndex === -1) ruleIndex = i;
+    rules.push(f.count === 0 ? `rule[${i}]: matches` : `rule[${i}]: ${f.texts.join('; ')}`);
   });
   return {
     policy: `${p.meta.namespace}/${p.meta.name}`,
@@ -227,6 +287,7 @@ function explain(p: AuthorizationPolicy, a: RequestAttributes): PolicyExplanatio
     dryRun: p.dryRun,
     ruleIndex,
     rules,
+    failures,
   };
 }
 
@@ -234,8 +295,9 @@ function explain(p: AuthorizationPolicy, a: RequestAttributes): PolicyExplanatio
 export function referenceDecide(
   policies: readonly AuthorizationPolicy[],
   a: RequestAttributes,
+  options: ExplainOptions = NO_OPTIONS,
 ): ReferenceResult {
-  const explanations = policies.map((p) => explain(p, a));
+  const explanations = policies.map((p) => explain(p, a, options));
   const byAction = (action: string, dryRun: boolean): PolicyExplanation[] =>
     explanations.filter((e) => e.action === action && e.dryRun === dryRun);
   const first = (list: PolicyExplanation[]): PolicyExplanation | undefined =>
@@ -245,7 +307,7 @@ export function referenceDecide(
   const shadowDeny = first(byAction('DENY', true))?.policy ?? null;
   const shadowAllowList = byAction('ALLOW', true);
   const shadowAllowed = shadowAllowList.length === 0 || first(shadowAllowList) !== undefined;
-  const base = { audit, shadowDeny, shadowAllowed, explanations };
+  const base = { audit, shadowDeny, shadowAllowed, explanations, nearestMiss: null };
 
   const deny = first(byAction('DENY', false));
   if (deny !== undefined)
@@ -268,5 +330,23 @@ export function referenceDecide(
       ruleIndex: allow.ruleIndex,
       ...base,
     };
-  return { allowed: false, reason: 'no-matching-allow', policy: null, ruleIndex: -1, ...base };
+  return {
+    allowed: false,
+    reason: 'no-matching-allow',
+    policy: null,
+    ruleIndex: -1,
+    ...base,
+    nearestMiss: nearestMiss(allows),
+  };
+}
+
+function nearestMiss(allows: readonly PolicyExplanation[]): NearestMiss | null {
+  let best: NearestMiss | null = null;
+  for (const e of allows) {
+    e.failures.forEach((f, i) => {
+      if (best === null || f.count < best.failed.length)
+        best = { policy: e.policy, ruleIndex: i, failed: f.conditions };
+    });
+  }
+  return best;
 }

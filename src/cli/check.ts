@@ -1,13 +1,17 @@
 import { type Attributes, requestAttributes } from '../authz/attributes.js';
-import { Authorizer, Decision } from '../authz/compile.js';
-import { referenceDecide } from '../authz/reference.js';
+import { Authorizer } from '../authz/compile.js';
+import {
+  type AuthorizationExplanation,
+  type ExplainSource,
+  explainRequest,
+  explanationLines,
+} from '../authz/explain.js';
 import { RegoEngine } from '../authz/rego/engine.js';
 import type { Config, ListenerConfig } from '../config/load.js';
 import { errorMessage, PortcullisError } from '../errors.js';
 import { SpiffeId } from '../identity/spiffe-id.js';
 import { loadPolicies } from '../istio/load.js';
 import { appliesTo } from '../istio/selector.js';
-import { envoyInput } from '../proxy/stages/rego.js';
 
 export interface CheckInput {
   listener?: string;
@@ -121,69 +125,25 @@ function findListener(config: Config, input: CheckInput): ListenerConfig {
 /**
  * `portcullis check`: the decision the loaded policies make for a described request, which
  * policy and rule made it, and with --explain why each policy matched or not. Needs only the
- * config and the policy files (no certificates).
+ * config and the policy files (no certificates). The same explanation as the admin server's
+ * `/decisions/<id>` gives for a request the proxy answered.
  */
 export function runCheck(config: Config, input: CheckInput, out: (line: string) => void): number {
   const policies = loadPolicies(config.policies, config.workload.namespace).authorizationPolicies.filter(
     (p) => appliesTo(p.meta.namespace, p.selector, config.workload, config.rootNamespace),
   );
   const a = checkAttributes(config, input);
-  const authorizer = new Authorizer(policies);
-  const d = new Decision();
-  authorizer.decide(a, d);
-  const custom = authorizer.matchCustom(a);
-  const ref = referenceDecide(policies, a);
-
-  out(
-    `request: ${a.method} ${a.host}${a.path}${a.query === '' ? '' : `?${a.query}`}${a.path !== input.path.split('?')[0] ? `  (normalized from ${input.path.split('?')[0]})` : ''}`,
-  );
-  out(
-    `  peer: ${a.peerPrincipal === '' ? '(none: plaintext)' : a.peerPrincipal}   request principal: ${a.requestPrincipal === '' ? '(none)' : a.requestPrincipal}`,
-  );
-  out(`decision: ${d.allowed ? 'ALLOW' : 'DENY (403 RBAC: access denied)'}`);
-  const by = d.policy === null ? '' : ` — ${d.policy.spec.action} ${d.policy.id} rule[${d.ruleIndex}]`;
-  out(`  reason: ${d.reason}${by}`);
-  if (d.auditPolicy !== null) out(`  audit: marked by AUDIT ${d.auditPolicy.id}`);
-  if (d.shadowDenyPolicy !== null) out(`  dry-run: DENY ${d.shadowDenyPolicy.id} would deny`);
-  if (authorizer.shadowAllow.length > 0) {
-    out(`  dry-run: ALLOW policies would ${d.shadowAllowed ? `allow (${d.shadowAllowPolicy?.id})` : 'deny'}`);
-  }
-  if (custom !== null)
-    out(`  CUSTOM ${custom.id} matches: provider "${custom.spec.provider}" would also be asked`);
-  if (ref.allowed !== d.allowed || ref.policy !== (d.policy?.id ?? null) || ref.ruleIndex !== d.ruleIndex) {
-    out(
-      `  WARNING: the reference evaluator disagrees (${ref.allowed ? 'allow' : 'deny'} by ${ref.policy ?? '-'} rule[${ref.ruleIndex}]); please report this`,
-    );
-  }
   const listener = findListener(config, input);
-  let regoDenied = false;
-  if (listener.rego !== null) {
-    const engine = RegoEngine.load(listener.rego);
-    // The OPA-Envoy input the proxy would build for this request (the same function).
-    const rego = engine.evaluate(envoyInput(a, engine.headers, ''));
-    const extra = rego.allowed
-      ? rego.upstreamHeaders.length > 0
-        ? ` (headers upstream: ${rego.upstreamHeaders.map(([k, v]) => `${k}: ${v}`).join(', ')})`
-        : ''
-      : ` (${rego.status}${rego.body === '' ? '' : ` ${JSON.stringify(rego.body)}`})`;
-    out(`rego ${engine.entrypoint}: ${rego.allowed ? 'ALLOW' : 'DENY'}${extra}`);
-    if (d.allowed && !rego.allowed)
-      out('decision with Rego: DENY (Istio policies allow, the Rego policy does not)');
-    if (!d.allowed)
-      out('decision with Rego: DENY (the Istio policies already deny; Rego would not be asked)');
-    if (d.allowed && rego.allowed) out('decision with Rego: ALLOW');
-    regoDenied = !rego.allowed;
-  }
-  if (input.explain) {
-    out('');
-    if (policies.length === 0)
-      out('no AuthorizationPolicy applies to this workload: every request is allowed');
-    for (const e of ref.explanations) {
-      out(
-        `${e.action}${e.dryRun ? ' (dry-run)' : ''} ${e.policy}: ${e.ruleIndex === -1 ? 'does not match' : `matches (rule[${e.ruleIndex}])`}`,
-      );
-      for (const line of e.rules) out(`  ${line}`);
-    }
-  }
-  return d.allowed && !regoDenied ? 0 : EXIT_DENIED;
+  const source: ExplainSource = {
+    policies,
+    authorizer: new Authorizer(policies),
+    rego: listener.rego === null ? null : RegoEngine.load(listener.rego),
+    ourId: '',
+    tokenParams: new Set(),
+    redactedHeaders: new Set(),
+  };
+  const e = explainRequest(source, a, input.path.split('?')[0] as string, null);
+  for (const line of explanationLines(e, input.explain)) out(line);
+  const z = e.authorization as AuthorizationExplanation;
+  return z.allowed && (e.rego === null || e.rego.allowed) ? 0 : EXIT_DENIED;
 }

@@ -454,6 +454,10 @@ outbound:
     expect(nobody.stdout).toContain(
       'rule[1]: when request.auth.claims[groups]: [] matches none of ["admins"]',
     );
+    // Both rules of default/api fail on one condition: the first is the nearest miss.
+    expect(nobody.stdout).toContain(
+      'nearest miss: ALLOW default/api rule[0], 1 condition failed:\n    from[0] principals: "" is not in ["example.org/ns/default/sa/web"]',
+    );
 
     expect((await cli(['check', ...cfg])).code).toBe(2);
   });

@@ -617,6 +617,54 @@ describe('authorization decisions (compiled and reference evaluator, one table)'
     ]);
   });
 
+  it('names the nearest miss of a denied request: the ALLOW rule with the fewest failed conditions', () => {
+    const policies = [
+      allow([{ to: [{ operation: { methods: ['POST'], paths: ['/admin/*'] } }] }], 'far'),
+      allow(
+        [
+          { from: [{ source: { principals: ['*/sa/web'] } }], to: [{ operation: { paths: ['/api/*'] } }] },
+          {
+            from: [{ source: { principals: ['*/sa/web'] } }],
+            when: [{ key: 'request.headers[x-tenant]', values: ['acme'] }],
+          },
+        ],
+        'near',
+      ),
+    ];
+    // far rule[0] fails on 2 (method, path), near rule[0] on 2 (principal, path), near rule[1] on 1.
+    const denied = referenceDecide(
+      policies,
+      attrs({
+        method: 'GET',
+        path: '/web/x',
+        peerPrincipal: 'example.org/ns/default/sa/db',
+        headers: { 'x-tenant': 'acme' },
+      }),
+    );
+    expect(denied.allowed).toBe(false);
+    expect(denied.nearestMiss).toEqual({
+      policy: 'default/near',
+      ruleIndex: 1,
+      failed: ['from[0] principals: "example.org/ns/default/sa/db" is not in ["*/sa/web"]'],
+    });
+    // An allowed request, or one a DENY matched, has no nearest miss.
+    expect(referenceDecide(policies, attrs({ method: 'POST', path: '/admin/x' })).nearestMiss).toBeNull();
+  });
+
+  it('redacts credential header values in an explanation, but matches on them', () => {
+    const p = allow([when('request.headers[authorization]', ['Bearer secret-1'])], 'by-header');
+    const a = attrs({ headers: { authorization: 'Bearer secret-2' } });
+    const ref = referenceDecide([p], a, { redacted: new Set(['authorization']) });
+    expect(ref.explanations[0]?.rules[0]).toBe(
+      'rule[0]: when request.headers[authorization]: ["REDACTED"] matches none of ["Bearer secret-1"]',
+    );
+    expect(JSON.stringify(ref)).not.toContain('secret-2');
+    const ok = referenceDecide([p], attrs({ headers: { authorization: 'Bearer secret-1' } }), {
+      redacted: new Set(['authorization']),
+    });
+    expect(ok.allowed).toBe(true);
+  });
+
   it('explains why each rule did or did not match', () => {
     const p = allow([src({ principals: ['*/sa/admin'] }), op({ paths: ['/public/*'] })], 'explained');
     const ref = referenceDecide([p], attrs({ path: '/private' }));

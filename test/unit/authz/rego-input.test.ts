@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { envoyInput, JWT_METADATA_KEY } from '../../../src/proxy/stages/rego.js';
+import { envoyInput, JWT_METADATA_KEY } from '../../../src/authz/rego/input.js';
 import { RequestLineStage } from '../../../src/proxy/stages/request-line.js';
 import { describedRequest } from '../../helpers/request.js';
 
