@@ -1,5 +1,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { isRequestId } from '../authz/attributes.js';
+import { type Explanation, explanationLines } from '../authz/explain.js';
 import type { HostPort } from '../config/address.js';
 
 /** What the admin endpoints report on; the running proxy implements it. */
@@ -10,11 +12,14 @@ export interface AdminStatus {
   readonly ready: boolean | Promise<boolean>;
   statusJson(): unknown;
   metricsText(): Promise<{ contentType: string; body: string }>;
+  /** Recent decisions with this request id, newest first (a cluster primary asks its workers). */
+  explainDecisions(requestId: string): Explanation[] | Promise<Explanation[]>;
 }
 
 /**
  * The admin server, on its own address (keep it on loopback or a private interface): liveness,
- * readiness, and a JSON status that names what is loaded (never key material).
+ * readiness, a JSON status that names what is loaded (never key material), metrics, and the
+ * explanation of a recent decision by its request id (to loopback clients only).
  */
 export class AdminServer {
   private readonly server: http.Server;
@@ -48,6 +53,8 @@ export class AdminServer {
         );
         return;
       }
+      if (path?.startsWith('/decisions/'))
+        return decision(req, res, path.slice('/decisions/'.length), status);
       return reply(res, 404, 'not found\n');
     });
     this.server.keepAliveTimeout = 5_000;
@@ -73,6 +80,62 @@ export class AdminServer {
       this.server.closeAllConnections();
     });
   }
+}
+
+/**
+ * `GET /decisions/<request-id>`: why recent requests with this id were decided as they were (text,
+ * or JSON with `Accept: application/json` or `?format=json`). Policy detail and request attributes
+ * are for operators: served only to clients on loopback, even when the admin server listens on a
+ * pod address for probes.
+ */
+function decision(
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  id: string,
+  status: AdminStatus,
+): void {
+  if (!isLoopback(req.socket.remoteAddress)) {
+    reply(res, 403, 'decisions are explained to loopback clients only\n');
+    return;
+  }
+  let requestId: string;
+  try {
+    requestId = decodeURIComponent(id);
+  } catch {
+    requestId = '';
+  }
+  if (!isRequestId(requestId)) {
+    reply(res, 400, 'not a request id\n');
+    return;
+  }
+  const json =
+    (req.url ?? '').endsWith('?format=json') || (req.headers.accept ?? '').includes('application/json');
+  Promise.resolve(status.explainDecisions(requestId)).then(
+    (found) => {
+      if (found.length === 0)
+        return reply(
+          res,
+          404,
+          `no recent decision has request id ${requestId} (only the latest are kept: admin.decisions)\n`,
+        );
+      if (json)
+        return reply(
+          res,
+          200,
+          `${JSON.stringify({ requestId, decisions: found }, null, 2)}\n`,
+          'application/json',
+        );
+      const text = found.map((e) => explanationLines(e, true).join('\n')).join('\n\n---\n\n');
+      reply(res, 200, `${text}\n`);
+    },
+    () => reply(res, 500, 'explain unavailable\n'),
+  );
+}
+
+/** A loopback peer address (IPv4 127/8, ::1, or 127/8 mapped into IPv6). */
+export function isLoopback(address: string | undefined): boolean {
+  if (address === undefined) return false;
+  return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.');
 }
 
 function reply(

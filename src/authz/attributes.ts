@@ -198,7 +198,7 @@ export function requestAttributes(
 }
 
 /** 1–128 characters of [A-Za-z0-9._:-]: enough for UUIDs and trace ids, nothing that could forge a log line. */
-function isRequestId(id: string): boolean {
+export function isRequestId(id: string): boolean {
   if (id.length === 0 || id.length > 128) return false;
   for (let i = 0; i < id.length; i++) {
     const c = id.charCodeAt(i);

@@ -37,6 +37,8 @@ export interface Explanation {
     readonly reason: string;
     /** Why a stage refused it, in its words ('' when it said nothing more). */
     readonly detail: string;
+    /** The stage that answered (`jwt`, `authz`, …), or '' when the request went on to forwarding. */
+    readonly by: string;
   } | null;
   /** The AuthorizationPolicies' part; null when the request was refused before authorization. */
   readonly authorization: AuthorizationExplanation | null;
@@ -105,6 +107,8 @@ export interface RecordedOutcome {
   readonly status: number;
   readonly reason: string;
   readonly detail: string;
+  /** The stage that answered, or '' (forwarded). */
+  readonly answeredBy: string;
   /** The AuthorizationPolicies decided this request (it was not refused before them). */
   readonly reachedAuthorization: boolean;
   /** The Rego policy was evaluated for it. */
@@ -159,6 +163,7 @@ export function explainRequest(
             status: recorded.status,
             reason: recorded.reason,
             detail: recorded.detail,
+            by: recorded.answeredBy,
           },
     authorization,
     rego,
@@ -237,13 +242,14 @@ export function explanationLines(e: Explanation, policies: boolean): string[] {
   );
   const ans = e.answered;
   if (ans !== null) {
+    const by = ans.by === '' ? 'when forwarding' : `by the ${ans.by} stage`;
     out.push(
-      `answered: ${ans.status} ${ans.decision === 'deny' ? 'DENY' : 'ALLOW'} (${ans.reason})${ans.detail === '' ? '' : ` — ${ans.detail}`}`,
+      `answered: ${ans.status} ${ans.decision === 'deny' ? 'DENY' : 'ALLOW'} ${by} (${ans.reason})${ans.detail === '' ? '' : ` — ${ans.detail}`}`,
     );
   }
   const z = e.authorization;
   if (z === null) {
-    out.push('decision: refused before authorization; no policy was evaluated');
+    out.push('decision: answered before authorization; no policy was evaluated');
     return out;
   }
   out.push(`decision: ${z.allowed ? 'ALLOW' : 'DENY (403 RBAC: access denied)'}`);

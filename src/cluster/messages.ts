@@ -6,6 +6,7 @@ export type Query = 'ready' | 'status' | 'metrics';
 export type ToWorker =
   | { readonly type: 'portcullis:query'; readonly id: number; readonly what: Query }
   | { readonly type: 'portcullis:reload'; readonly id: number; readonly reason: string }
+  | { readonly type: 'portcullis:explain'; readonly id: number; readonly requestId: string }
   | { readonly type: 'portcullis:stop' };
 
 /** Worker → primary. */
@@ -14,7 +15,7 @@ export type ToPrimary =
   | { readonly type: 'portcullis:audit'; readonly lines: readonly string[] }
   | { readonly type: 'portcullis:reply'; readonly id: number; readonly value: unknown };
 
-const TYPES = new Set(['portcullis:query', 'portcullis:reload', 'portcullis:stop']);
+const TYPES = new Set(['portcullis:query', 'portcullis:reload', 'portcullis:explain', 'portcullis:stop']);
 const PRIMARY_TYPES = new Set(['portcullis:started', 'portcullis:audit', 'portcullis:reply']);
 
 function typed(m: unknown): string | null {

@@ -6,6 +6,7 @@ import { registerSinkMetrics } from '../admin/metrics.js';
 import { Counter, Gauge, Registry } from '../admin/prom.js';
 import { AdminServer, type AdminStatus } from '../admin/server.js';
 import { AuditLog } from '../audit/log.js';
+import type { Explanation } from '../authz/explain.js';
 import { formatHostPort } from '../config/address.js';
 import type { Config } from '../config/load.js';
 import { isToPrimary, type Query, type ToPrimary, type ToWorker } from './messages.js';
@@ -166,7 +167,7 @@ export class ClusterPrimary implements AdminStatus {
     return Promise.all([...this.slots.values()].map((s) => this.ask(s.worker, what)));
   }
 
-  private ask(worker: Worker, what: Query | { reload: string }): Promise<unknown> {
+  private ask(worker: Worker, what: Query | { reload: string } | { explain: string }): Promise<unknown> {
     const id = this.nextId++;
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
@@ -175,7 +176,8 @@ export class ClusterPrimary implements AdminStatus {
       }, QUERY_TIMEOUT_MS);
       this.pending.set(id, { resolve, timer });
       if (typeof what === 'string') this.send(worker, { type: 'portcullis:query', id, what });
-      else this.send(worker, { type: 'portcullis:reload', id, reason: what.reload });
+      else if ('reload' in what) this.send(worker, { type: 'portcullis:reload', id, reason: what.reload });
+      else this.send(worker, { type: 'portcullis:explain', id, requestId: what.explain });
     });
   }
 
@@ -218,6 +220,15 @@ export class ClusterPrimary implements AdminStatus {
     const fromWorkers = (await this.queryAll('metrics')).filter((m): m is typeof own => Array.isArray(m));
     const merged = AggregatorRegistry.aggregate([...fromWorkers, own]);
     return { contentType: merged.contentType, body: await merged.metrics() };
+  }
+
+  /** Each worker keeps its own recent decisions: the request was served by one of them. */
+  async explainDecisions(requestId: string): Promise<Explanation[]> {
+    const answers = await Promise.all(
+      [...this.slots.values()].map((s) => this.ask(s.worker, { explain: requestId })),
+    );
+    const found = answers.flatMap((a) => (Array.isArray(a) ? (a as Explanation[]) : []));
+    return found.sort((x, y) => (x.time < y.time ? 1 : x.time > y.time ? -1 : 0));
   }
 
   adminAddress(): AddressInfo | null {

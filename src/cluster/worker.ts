@@ -11,7 +11,7 @@ function send(m: ToPrimary): void {
 /**
  * A cluster worker: the whole proxy (listeners shared with the other workers through the primary's
  * handles), without an admin server and with its audit events sent to the primary. It answers the
- * primary's queries (readiness, status, metrics), reloads when told, and drains and exits when told
+ * primary's queries (readiness, status, metrics, decision explains), reloads when told, and drains and exits when told
  * to stop — or when the primary is gone. Signals go to the primary: a Ctrl-C that reaches the
  * whole process group is handled there, once.
  */
@@ -48,6 +48,10 @@ export async function runWorker(config: Config, log: Logger): Promise<number> {
       if (m.type === 'portcullis:stop') return stop('told by the primary');
       if (m.type === 'portcullis:reload') {
         send({ type: 'portcullis:reply', id: m.id, value: proxy.reload(m.reason) });
+        return;
+      }
+      if (m.type === 'portcullis:explain') {
+        send({ type: 'portcullis:reply', id: m.id, value: proxy.explainDecisions(m.requestId) });
         return;
       }
       let value: unknown = null;

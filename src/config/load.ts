@@ -149,7 +149,11 @@ export interface Config {
   readonly listeners: readonly ListenerConfig[];
   readonly outbound: OutboundConfig | null;
   readonly policies: readonly string[];
-  readonly admin: { readonly address: HostPort } | null;
+  readonly admin: {
+    readonly address: HostPort;
+    /** The recent-decisions ring behind `/decisions/<id>`: its size (0: off) and what it keeps. */
+    readonly decisions: { readonly size: number; readonly record: 'deny' | 'all' };
+  } | null;
   readonly shutdown: { readonly drainTimeout: number };
   readonly jwt: {
     readonly clockSkew: number;

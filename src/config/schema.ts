@@ -331,7 +331,21 @@ export const configSchema = z.strictObject({
     })
     .optional(),
   policies: z.array(z.string().min(1)).default([]),
-  admin: z.strictObject({ address: hostPort }).optional(),
+  admin: z
+    .strictObject({
+      address: hostPort,
+      /**
+       * Recent decisions kept for `GET /decisions/<request-id>` (served to loopback clients only):
+       * how many (0: none) and which (deny: refusals only; all: allowed requests too).
+       */
+      decisions: z
+        .strictObject({
+          size: z.number().int().min(0).max(100_000).default(1000),
+          record: z.enum(['deny', 'all']).default('deny'),
+        })
+        .default({ size: 1000, record: 'deny' }),
+    })
+    .optional(),
   limits: limitsSchema.default({}),
   shutdown: z.strictObject({ drainTimeout: duration.default(15_000) }).default({ drainTimeout: 15_000 }),
   /** How request paths are normalized before they are authorized and forwarded (Istio's options). */

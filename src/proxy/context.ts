@@ -31,6 +31,10 @@ export class RequestContext {
   addHeaders: string[] | null;
   /** Headers for the client's response (whatever the answer), flat [name, value, …]; null when none. */
   responseHeaders: string[] | null;
+  /** The stage that answered the request with a local reply ('' when none did: it was forwarded). */
+  answeredBy: string;
+  /** Why that stage refused, in its words, for the operator's explain (never sent to the client); or ''. */
+  detail: string;
 
   constructor(
     attrs: Attributes,
@@ -50,6 +54,8 @@ export class RequestContext {
     this.dropHeaders = null;
     this.addHeaders = null;
     this.responseHeaders = null;
+    this.answeredBy = '';
+    this.detail = '';
     if (attrs.requestIdMade) this.addHeader('x-request-id', attrs.requestId);
   }
 

@@ -1,4 +1,5 @@
 import diagnostics_channel from 'node:diagnostics_channel';
+import type { DecisionRing } from '../admin/decisions.js';
 import type { Metrics } from '../admin/metrics.js';
 import type { AuditLog } from '../audit/log.js';
 import type { RequestStream } from './stream.js';
@@ -110,22 +111,29 @@ function reasonOf(rs: RequestStream, authorized: boolean): string {
 }
 
 /**
- * Metrics and audit as subscribers of one proxy's events: counters and a bounded buffer, so no
+ * Metrics, audit and the recent-decisions ring as subscribers of one proxy's events: counters and a bounded buffer, so no
  * request waits on them. `close()` unsubscribes.
  */
 export class ObservabilitySubscriber {
   private readonly source: RequestObserver;
   private readonly metrics: Metrics;
   private readonly audit: AuditLog | null;
+  private readonly decisions: DecisionRing | null;
   private readonly onFinished: (m: unknown) => void;
   private readonly onRefused: (m: unknown) => void;
   private readonly onPeer: (m: unknown) => void;
   private readonly onTunnel: (m: unknown) => void;
 
-  constructor(source: RequestObserver, metrics: Metrics, audit: AuditLog | null) {
+  constructor(
+    source: RequestObserver,
+    metrics: Metrics,
+    audit: AuditLog | null,
+    decisions: DecisionRing | null = null,
+  ) {
     this.source = source;
     this.metrics = metrics;
     this.audit = audit;
+    this.decisions = decisions;
     // Bound once per proxy (not per request), so that unsubscribe finds the same functions.
     this.onFinished = (m) => this.finished(m as RequestStream);
     this.onRefused = (m) => this.refused(m as RequestRefused);
@@ -161,6 +169,7 @@ export class ObservabilitySubscriber {
       rs.decisionReason,
       plan.tokenParams,
     );
+    this.decisions?.record(rs);
   }
 
   private refused(m: RequestRefused): void {

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import type { EffectiveMode } from '../authn/peer-authn.js';
 import type { AttributeSettings } from '../authz/attributes.js';
+import type { ExplainSource } from '../authz/explain.js';
 import type { Limits } from '../config/load.js';
 import type { LogLimiter } from '../transport/log-limit.js';
 import type { RequestContext } from './context.js';
@@ -63,6 +64,8 @@ export class ListenerPlan {
   readonly tokenParams: ReadonlySet<string>;
   /** Drop client headers whose names contain `_` (headersWithUnderscores: drop). */
   readonly dropUnderscoreHeaders: boolean;
+  /** What decides here, for explaining a decision later (`/decisions/<id>`). */
+  readonly explain: ExplainSource;
 
   constructor(init: ListenerPlanInit) {
     this.snapshot = init.snapshot;
@@ -78,6 +81,7 @@ export class ListenerPlan {
     this.pinned = init.pinned;
     this.tokenParams = init.tokenParams;
     this.dropUnderscoreHeaders = init.dropUnderscoreHeaders;
+    this.explain = init.explain;
   }
 }
 

@@ -1,10 +1,13 @@
 import type { AddressInfo } from 'node:net';
 import pino, { type Logger } from 'pino';
+import { DecisionRing } from '../admin/decisions.js';
 import { Metrics } from '../admin/metrics.js';
 import { AdminServer, type AdminStatus } from '../admin/server.js';
 import { AuditLog } from '../audit/log.js';
 import { JwksRegistry, type JwksSource } from '../authn/jwks.js';
 import { AssertionSigner, CookieSealer, LoginProvider, readSessionKey } from '../authn/login.js';
+import { Authorizer } from '../authz/compile.js';
+import { CREDENTIAL_HEADERS, type Explanation } from '../authz/explain.js';
 import { ExtAuthzClient } from '../authz/ext-authz.js';
 import { formatHostPort } from '../config/address.js';
 import type { Config, ListenerConfig } from '../config/load.js';
@@ -23,6 +26,9 @@ import { LoginStage } from './stages/login.js';
 import { RegoStage } from './stages/rego.js';
 import { RequestLineStage } from './stages/request-line.js';
 import { Upstream } from './upstream.js';
+
+const OUTBOUND_TOKEN_PARAMS: ReadonlySet<string> = new Set(['access_token']);
+const NO_POLICIES = new Authorizer([]);
 
 export interface StartOptions {
   /** A pino logger; by default on stderr at the config's log level and format. */
@@ -95,6 +101,8 @@ export class Portcullis implements AdminStatus {
   private readonly observer: RequestObserver;
   /** Metrics and audit, subscribed to this proxy's events. */
   private readonly subscriber: ObservabilitySubscriber;
+  /** Recent decisions for `/decisions/<id>` (null when `admin.decisions.size` is 0 or there is no admin). */
+  readonly decisions: DecisionRing | null;
   private listening = false;
   private closing = false;
   private generation = 1;
@@ -118,7 +126,10 @@ export class Portcullis implements AdminStatus {
       reloads: () => ({ success: this.reloads, failure: this.reloadFailures }),
     });
     this.observer = new RequestObserver();
-    this.subscriber = new ObservabilitySubscriber(this.observer, this.metrics, this.audit);
+    const ring = config.admin?.decisions;
+    this.decisions =
+      ring === undefined || ring.size === 0 ? null : new DecisionRing(ring.size, ring.record === 'all');
+    this.subscriber = new ObservabilitySubscriber(this.observer, this.metrics, this.audit, this.decisions);
     this.jwks = new JwksRegistry(
       {
         refreshIntervalMs: config.jwt.jwksRefreshInterval,
@@ -261,8 +272,17 @@ export class Portcullis implements AdminStatus {
       authorized: false,
       observer: this.observer,
       pinned: new PinnedHeaders([], false),
-      tokenParams: new Set(['access_token']),
+      tokenParams: OUTBOUND_TOKEN_PARAMS,
       dropUnderscoreHeaders: this.config.headersWithUnderscores === 'drop',
+      // Outbound calls are not authorized by AuthorizationPolicies (the destination's sidecar does that).
+      explain: {
+        policies: [],
+        authorizer: NO_POLICIES,
+        rego: null,
+        ourId: snapshot.xfccBy,
+        tokenParams: OUTBOUND_TOKEN_PARAMS,
+        redactedHeaders: new Set(CREDENTIAL_HEADERS),
+      },
     });
   }
 
@@ -364,6 +384,8 @@ export class Portcullis implements AdminStatus {
     }
     const regoHeaders = lc.rego?.headers;
     if (regoHeaders !== undefined && regoHeaders !== null) pinned.push(...regoHeaders);
+    // access_token is a token wherever it appears, whatever the rules say.
+    const tokenParams = new Set(['access_token', ...(jwt?.tokenParams ?? [])]);
     return new ListenerPlan({
       snapshot,
       // Browser-facing TLS replaces the PeerAuthentication mode: always TLS, client certificates as configured.
@@ -384,9 +406,16 @@ export class Portcullis implements AdminStatus {
       authorized: authz !== null || rego !== undefined,
       observer: this.observer,
       pinned: new PinnedHeaders(pinned, rego !== undefined && regoHeaders === null),
-      // access_token is a token wherever it appears, whatever the rules say.
-      tokenParams: new Set(['access_token', ...(jwt?.tokenParams ?? [])]),
+      tokenParams,
       dropUnderscoreHeaders: this.config.headersWithUnderscores === 'drop',
+      explain: {
+        policies: snapshot.authorizer.all.map((p) => p.spec),
+        authorizer: snapshot.authorizer,
+        rego: rego ?? null,
+        ourId: snapshot.xfccBy,
+        tokenParams,
+        redactedHeaders: new Set([...CREDENTIAL_HEADERS, ...(jwt?.tokenHeaders ?? [])]),
+      },
     });
   }
 
@@ -498,6 +527,11 @@ export class Portcullis implements AdminStatus {
         peersRejected: Object.fromEntries(l.stats.peersRejected),
       })),
     };
+  }
+
+  /** The explanations of recent decisions with this request id, newest first (empty if none is kept). */
+  explainDecisions(requestId: string): Explanation[] {
+    return this.decisions?.explain(requestId) ?? [];
   }
 
   async metricsText(): Promise<{ contentType: string; body: string }> {

@@ -6,7 +6,7 @@ import { Connection, connectionOf } from '../transport/connection.js';
 import { RequestContext } from './context.js';
 import type { ForwardedFor } from './headers.js';
 import { LocalReply, REPLIES, sendLocalReply } from './local-reply.js';
-import type { ListenerPlan, StageResult } from './plan.js';
+import type { ListenerPlan, Stage, StageResult } from './plan.js';
 import { openTunnel } from './tunnel.js';
 import { abortUpstream } from './upstream.js';
 
@@ -136,6 +136,21 @@ export class RequestStream implements ForwardedFor {
     return this.ctx.attrs.sourceAddress;
   }
 
+  /**
+   * The AuthorizationPolicies decided this request: no stage before them answered it (a stage
+   * without policies decides nothing, and the request is allowed as Istio allows it).
+   */
+  get reachedAuthorization(): boolean {
+    const by = this.ctx.answeredBy;
+    return by === '' || by === 'authz' || by === 'custom' || by === 'rego';
+  }
+
+  /** The listener's Rego policy was evaluated for this request. */
+  get reachedRego(): boolean {
+    const by = this.ctx.answeredBy;
+    return this.plan.explain.rego !== null && (by === '' || by === 'rego');
+  }
+
   /** The status the client got (or is getting). */
   get status(): number {
     return this.res.statusCode;
@@ -155,14 +170,17 @@ export class RequestStream implements ForwardedFor {
     const ctx = this.ctx;
     for (let i = from; i < stages.length; i++) {
       let result: StageResult | Promise<StageResult>;
+      const stage = stages[i] as (typeof stages)[number];
       try {
-        result = (stages[i] as (typeof stages)[number]).run(ctx);
+        result = stage.run(ctx);
       } catch (err) {
+        ctx.answeredBy = stage.name;
         this.failClosed(err);
         return;
       }
       if (result === null) continue;
       if (result instanceof LocalReply) {
+        ctx.answeredBy = stage.name;
         this.answer(result);
         return;
       }
@@ -196,6 +214,7 @@ export class RequestStream implements ForwardedFor {
   /** Any error inside a stage denies the request: a PEP that cannot decide must not let it through. */
   failClosed(err: unknown): void {
     this.plan.upstream.logger.error({ err }, 'request stage failed; denying the request');
+    this.ctx.detail = 'the stage failed (see the log); denied';
     this.answer(REPLIES.internal);
   }
 
@@ -224,7 +243,14 @@ function onResponseClose(this: ServerResponse & Tagged): void {
 /** A stage is waiting on I/O (a key set, an external authorizer): go on when it settles. */
 function suspend(stream: RequestStream, pending: Promise<StageResult>, next: number): void {
   pending.then(
-    (r) => (r === null ? stream.run(next) : stream.answer(r)),
-    (err: unknown) => stream.failClosed(err),
+    (r) => {
+      if (r === null) return stream.run(next);
+      stream.ctx.answeredBy = (stream.plan.stages[next - 1] as Stage).name;
+      stream.answer(r);
+    },
+    (err: unknown) => {
+      stream.ctx.answeredBy = (stream.plan.stages[next - 1] as Stage).name;
+      stream.failClosed(err);
+    },
   );
 }

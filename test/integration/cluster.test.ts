@@ -158,9 +158,18 @@ describe('cluster mode (workers: 2)', () => {
     dir.write('policies/api.yaml', policy(['/slow/*']));
     c.child.kill('SIGHUP');
     await until('the reload', () => c.stderr().includes('every worker reloaded'));
-    for (let i = 0; i < 6; i++) expect((await request(url(`/ok/after-good-${i}`), client)).status).toBe(403);
+    for (let i = 0; i < 6; i++) {
+      const headers = { 'x-request-id': `cluster-deny-${i}` };
+      expect((await request(url(`/ok/after-good-${i}`), { ...client, headers })).status).toBe(403);
+    }
     m = await admin('/metrics');
     expect(metric(m, 'portcullis_policy_reloads_total{result="success"}')).toBe(2);
+    // Whichever worker served a deny, the primary finds its explanation (by the policies that decided).
+    for (let i = 0; i < 6; i++) {
+      const e = await admin(`/decisions/cluster-deny-${i}`);
+      expect(e).toContain(`request id: cluster-deny-${i}`);
+      expect(e).toContain(`to[0] paths: "/ok/after-good-${i}" is not in ["/slow/*"]`);
+    }
   });
 
   it('restarts a worker that dies, and counts it', async () => {

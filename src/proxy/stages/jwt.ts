@@ -29,12 +29,15 @@ class TokenLocation {
   /** The default `Authorization: Bearer` location: a value without the prefix is simply not a JWT. */
   readonly lenientPrefix: boolean;
   readonly rules: CompiledJwtRule[] = [];
+  /** For explanations: `header authorization`, `query parameter access_token`, `cookie session`. */
+  readonly describe: string;
 
   constructor(kind: LocationKind, name: string, prefix: string, lenientPrefix: boolean) {
     this.kind = kind;
     this.name = name;
     this.prefix = prefix;
     this.lenientPrefix = lenientPrefix;
+    this.describe = `${kind === LocationKind.Header ? 'header' : kind === LocationKind.Param ? 'query parameter' : 'cookie'} ${name}`;
   }
 
   ruleFor(iss: string): CompiledJwtRule | undefined {
@@ -151,9 +154,15 @@ export class JwtStage implements Stage {
     for (const location of this.locations) {
       const token = extract(ctx, location);
       if (token === null) continue;
-      if (token === INVALID) return REPLIES.jwtInvalid;
+      if (token === INVALID) {
+        ctx.detail = `the token in ${location.describe} is empty or not a Bearer credential`;
+        return REPLIES.jwtInvalid;
+      }
       // Two credentials where one is read: whichever is verified, the other would travel on.
-      if (token === DUPLICATE) return REPLIES.badRequest;
+      if (token === DUPLICATE) {
+        ctx.detail = `${location.describe} was given more than once`;
+        return REPLIES.badRequest;
+      }
       if (firstToken === null) {
         firstToken = token;
         firstLocation = location;
@@ -176,7 +185,7 @@ export class JwtStage implements Stage {
   }
 
   private acceptOne(ctx: RequestContext, location: TokenLocation, v: VerifiedToken): StageResult {
-    if (!v.audienceAllowed()) return REPLIES.jwtAudience;
+    if (!v.audienceAllowed()) return audienceRefused(ctx, v);
     const a = ctx.attrs;
     a.requestPrincipal = v.principal;
     a.claims = v.payload;
@@ -225,11 +234,12 @@ export class JwtStage implements Stage {
 
   private refuse(ctx: RequestContext, why: string): StageResult {
     this.log.debug({ path: ctx.attrs.path, why }, 'JWT refused');
+    ctx.detail = why;
     return REPLIES.jwtInvalid;
   }
 
   private accept(ctx: RequestContext, found: Found[], verified: VerifiedToken[]): StageResult {
-    for (const v of verified) if (!v.audienceAllowed()) return REPLIES.jwtAudience;
+    for (const v of verified) if (!v.audienceAllowed()) return audienceRefused(ctx, v);
     const first = verified[0] as VerifiedToken;
     const a = ctx.attrs;
     a.requestPrincipal = first.principal;
@@ -240,6 +250,11 @@ export class JwtStage implements Stage {
       this.writeHeaders(ctx, (found[i] as Found).location, verified[i] as VerifiedToken);
     return null;
   }
+}
+
+function audienceRefused(ctx: RequestContext, v: VerifiedToken): StageResult {
+  ctx.detail = `the token's audiences ${JSON.stringify(v.audiences)} are not among the rule's (${v.rule.rule.issuer})`;
+  return REPLIES.jwtAudience;
 }
 
 const INVALID = '\u0000invalid';

@@ -41,7 +41,10 @@ describe('portcullis.yaml loading', () => {
       workloadPort: 8080,
       limits: DEFAULT_LIMITS,
     });
-    expect(c.admin).toEqual({ address: { host: '127.0.0.1', port: 15000 } });
+    expect(c.admin).toEqual({
+      address: { host: '127.0.0.1', port: 15000 },
+      decisions: { size: 1000, record: 'deny' },
+    });
     expect(c.rootNamespace).toBe('istio-system');
     expect(c.workload.labels).toEqual({ app: 'api' });
   });
