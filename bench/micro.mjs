@@ -204,7 +204,7 @@ try {
       httpVersion: '1.1',
     };
     const attrs = requestAttributes(CONN, head, SETTINGS, Date.now());
-    return new RequestContext(attrs, head.target, [], false, '');
+    return new RequestContext(attrs, head.target, [], false, '', '');
   };
   await stage.run(makeCtx(esToken)); // verify once, now cached
   const ctxs = Array.from({ length: 64 }, () => makeCtx(esToken));
@@ -252,7 +252,7 @@ try {
   results.push(
     await measure('attributes + request context + request-line stage (Host and header checks)', () => {
       const attrs = requestAttributes(CONN, plainHead, SETTINGS, Date.now());
-      const ctx = new RequestContext(attrs, plainHead.target, plainRaw, false, '');
+      const ctx = new RequestContext(attrs, plainHead.target, plainRaw, false, '', '');
       if (rl.run(ctx) !== null) throw new Error('the request line refused the benchmark request');
     }),
   );

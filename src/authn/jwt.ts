@@ -53,6 +53,8 @@ export class VerifiedToken {
   /** `exp` in ms since the epoch, or Infinity when the token has none. */
   readonly expMs: number;
   readonly key: KeyObject;
+  /** RFC 8705: the certificate thumbprint the token is bound to (`cnf` `x5t#S256`), or ''. */
+  readonly boundTo: string;
 
   constructor(
     rule: CompiledJwtRule,
@@ -76,6 +78,12 @@ export class VerifiedToken {
     this.payloadSegment = payloadSegment;
     this.expMs = typeof payload.exp === 'number' ? payload.exp * 1000 : Number.POSITIVE_INFINITY;
     this.key = key;
+    const cnf = payload.cnf;
+    const x5t =
+      cnf !== null && typeof cnf === 'object' && !Array.isArray(cnf)
+        ? (cnf as Record<string, unknown>)['x5t#S256']
+        : undefined;
+    this.boundTo = typeof x5t === 'string' ? x5t : '';
   }
 
   /** Istio: with audiences configured, the token's `aud` must contain one of them. */

@@ -28,11 +28,14 @@ export class PeerIdentity {
   readonly spiffeId: SpiffeId;
   /** Hex SHA-256 of the leaf's DER, as Envoy puts in XFCC's Hash. */
   readonly certHash: string;
+  /** The same digest in base64url: RFC 8705's `x5t#S256` certificate thumbprint. */
+  readonly x5tS256: string;
   readonly notAfter: number;
 
   constructor(spiffeId: SpiffeId, certHash: string, notAfter: number) {
     this.spiffeId = spiffeId;
     this.certHash = certHash;
+    this.x5tS256 = Buffer.from(certHash, 'hex').toString('base64url');
     this.notAfter = notAfter;
   }
 }

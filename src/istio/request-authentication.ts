@@ -40,7 +40,16 @@ export interface JwtRule {
   readonly timeoutMs: number;
   /** `RequestAuthentication ns/name jwtRules[i]`, for messages. */
   readonly source: string;
+  /**
+   * RFC 8705 certificate-bound tokens (annotation `portcullis.dev/certificate-bound: "true"`): a
+   * token must carry `cnf` `x5t#S256` equal to the thumbprint of the client certificate on the
+   * connection it arrives on.
+   */
+  readonly certificateBound: boolean;
 }
+
+/** The annotation that binds a RequestAuthentication's tokens to the client certificate (RFC 8705). */
+export const CERTIFICATE_BOUND_ANNOTATION = 'portcullis.dev/certificate-bound';
 
 export interface RequestAuthentication {
   readonly meta: ResourceMeta;
@@ -115,7 +124,13 @@ function parseJwksUri(v: unknown, field: string, report: Report): string | null 
   return url.href;
 }
 
-function parseRule(raw: unknown, at: string, source: string, report: Report): JwtRule | null {
+function parseRule(
+  raw: unknown,
+  at: string,
+  source: string,
+  certificateBound: boolean,
+  report: Report,
+): JwtRule | null {
   if (!isMap(raw)) {
     report(at, 'must be a mapping');
     return null;
@@ -213,6 +228,7 @@ function parseRule(raw: unknown, at: string, source: string, report: Report): Jw
     outputClaimToHeaders,
     timeoutMs,
     source,
+    certificateBound,
   };
 }
 
@@ -228,6 +244,15 @@ export function parseRequestAuthentication(
   if (s === null) return null;
   unknownKeys(s, ['selector', 'jwtRules'], 'spec', fail);
   const selector = parseSelector(s.selector, fail);
+  // Our annotations extend the resource the Kubernetes way; a misspelt one must not silently
+  // leave tokens unbound.
+  for (const k of Object.keys(meta.annotations)) {
+    if (k.startsWith('portcullis.dev/') && k !== CERTIFICATE_BOUND_ANNOTATION)
+      fail(`metadata.annotations.${k}`, `unknown annotation (known: ${CERTIFICATE_BOUND_ANNOTATION})`);
+  }
+  const bound = meta.annotations[CERTIFICATE_BOUND_ANNOTATION];
+  if (bound !== undefined && bound !== 'true' && bound !== 'false')
+    fail(`metadata.annotations.${CERTIFICATE_BOUND_ANNOTATION}`, 'must be "true" or "false"');
   const rules: JwtRule[] = [];
   if (s.jwtRules !== undefined && s.jwtRules !== null) {
     if (!Array.isArray(s.jwtRules)) fail('spec.jwtRules', 'must be a list');
@@ -237,6 +262,7 @@ export function parseRequestAuthentication(
           r,
           `spec.jwtRules[${i}]`,
           `RequestAuthentication ${meta.namespace}/${meta.name} jwtRules[${i}]`,
+          bound === 'true',
           fail,
         );
         if (rule !== null) rules.push(rule);

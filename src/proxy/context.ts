@@ -20,6 +20,8 @@ export class RequestContext {
   readonly http2: boolean;
   /** XFCC element of the connection's verified peer, or ''. */
   readonly xfcc: string;
+  /** The connection's client certificate thumbprint (RFC 8705 `x5t#S256`), or '' without one. */
+  readonly certThumbprint: string;
 
   /** The request target sent upstream (path and query), set by the request-line stage. */
   forwardTarget: string;
@@ -42,6 +44,7 @@ export class RequestContext {
     rawHeaders: readonly string[],
     http2: boolean,
     xfcc: string,
+    certThumbprint: string,
   ) {
     this.attrs = attrs;
     this.decision = new Decision();
@@ -49,6 +52,7 @@ export class RequestContext {
     this.rawHeaders = rawHeaders;
     this.http2 = http2;
     this.xfcc = xfcc;
+    this.certThumbprint = certThumbprint;
     this.forwardTarget = '';
     this.authzMs = 0;
     this.dropHeaders = null;

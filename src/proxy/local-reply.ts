@@ -48,6 +48,8 @@ export class LocalReply {
   readonly h2Headers: Readonly<Record<string, string | string[]>>;
   /** Add `WWW-Authenticate: Bearer realm="<request URL>"` (RFC 6750 §3), as Envoy does on a JWT failure. */
   readonly bearerChallenge: boolean;
+  /** Auth-params after the realm (`, error="invalid_token", …`), or ''. */
+  readonly challengeParams: string;
   /**
    * The proxy's own plain-text message, which gets the request id on a line of its own; not a
    * relayed body (an external authorizer's, a policy's) nor a page or document (JSON, HTML).
@@ -63,6 +65,7 @@ export class LocalReply {
       deny: boolean;
       headers?: Record<string, string | string[]>;
       bearerChallenge?: boolean;
+      challengeParams?: string;
     },
   ) {
     this.status = status;
@@ -70,6 +73,7 @@ export class LocalReply {
     this.deny = opts.deny;
     this.grpcStatus = grpcStatusFor(status);
     this.bearerChallenge = opts.bearerChallenge ?? false;
+    this.challengeParams = opts.challengeParams ?? '';
     this.body =
       typeof body === 'string' ? Buffer.from(body === '' || body.endsWith('\n') ? body : `${body}\n`) : body;
     this.headers = {
@@ -109,6 +113,16 @@ export const REPLIES = {
   jwtInvalid: new LocalReply(401, 'jwt-invalid', 'Jwt verification fails', {
     deny: true,
     bearerChallenge: true,
+  }),
+  /**
+   * RFC 8705 §3: a certificate-bound token on a connection without that certificate (or an
+   * unbound token where binding is required) is an invalid token.
+   */
+  jwtUnbound: new LocalReply(401, 'jwt-unbound', 'Jwt verification fails', {
+    deny: true,
+    bearerChallenge: true,
+    challengeParams:
+      ', error="invalid_token", error_description="the token is not bound to the client certificate of this connection"',
   }),
   jwtAudience: new LocalReply(403, 'jwt-audience', 'Audiences in Jwt are not allowed', { deny: true }),
   rbacDenied: new LocalReply(403, 'rbac-denied', 'RBAC: access denied', { deny: true }),

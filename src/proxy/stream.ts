@@ -84,6 +84,7 @@ export class RequestStream implements ForwardedFor {
       req.rawHeaders,
       req.httpVersionMajor === 2,
       conn.xfcc,
+      conn.peer?.x5tS256 ?? '',
     );
     this.connection = conn;
     conn.lastResponse = res;
@@ -208,7 +209,8 @@ export class RequestStream implements ForwardedFor {
   answer(r: LocalReply): void {
     this.reply = r;
     this.applyResponseHeaders();
-    sendLocalReply(this.res, r, r.bearerChallenge ? this.ctx.bearerChallenge() : '', this.attrs.requestId);
+    const challenge = r.bearerChallenge ? this.ctx.bearerChallenge() + r.challengeParams : '';
+    sendLocalReply(this.res, r, challenge, this.attrs.requestId);
   }
 
   /** Any error inside a stage denies the request: a PEP that cannot decide must not let it through. */

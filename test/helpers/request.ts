@@ -39,6 +39,8 @@ export interface Described {
   readonly normalization?: PathNormalization;
   readonly trustedProxies?: number;
   readonly xfcc?: string;
+  /** The client certificate's RFC 8705 thumbprint, for certificate-bound tokens. */
+  readonly certThumbprint?: string;
 }
 
 /**
@@ -69,5 +71,12 @@ export function describedRequest(d: Described): RequestContext {
     },
     Date.now(),
   );
-  return new RequestContext(attrs, d.target, raw, head.httpVersion === '2.0', d.xfcc ?? '');
+  return new RequestContext(
+    attrs,
+    d.target,
+    raw,
+    head.httpVersion === '2.0',
+    d.xfcc ?? '',
+    d.certThumbprint ?? '',
+  );
 }

@@ -186,6 +186,7 @@ export class JwtStage implements Stage {
 
   private acceptOne(ctx: RequestContext, location: TokenLocation, v: VerifiedToken): StageResult {
     if (!v.audienceAllowed()) return audienceRefused(ctx, v);
+    if (v.rule.rule.certificateBound && !boundHere(v, ctx)) return unbound(ctx, v);
     const a = ctx.attrs;
     a.requestPrincipal = v.principal;
     a.claims = v.payload;
@@ -239,7 +240,10 @@ export class JwtStage implements Stage {
   }
 
   private accept(ctx: RequestContext, found: Found[], verified: VerifiedToken[]): StageResult {
-    for (const v of verified) if (!v.audienceAllowed()) return audienceRefused(ctx, v);
+    for (const v of verified) {
+      if (!v.audienceAllowed()) return audienceRefused(ctx, v);
+      if (v.rule.rule.certificateBound && !boundHere(v, ctx)) return unbound(ctx, v);
+    }
     const first = verified[0] as VerifiedToken;
     const a = ctx.attrs;
     a.requestPrincipal = first.principal;
@@ -250,6 +254,26 @@ export class JwtStage implements Stage {
       this.writeHeaders(ctx, (found[i] as Found).location, verified[i] as VerifiedToken);
     return null;
   }
+}
+
+/**
+ * RFC 8705 §3: under a certificate-bound rule, a token must carry `cnf` `x5t#S256` equal to the
+ * thumbprint of the client certificate this connection presented (checked on every request: the
+ * verified-token cache is keyed by the token, not the connection).
+ */
+function boundHere(v: VerifiedToken, ctx: RequestContext): boolean {
+  // Both '' (an unbound token on a connection without a certificate) is not a match.
+  return v.boundTo !== '' && v.boundTo === ctx.certThumbprint;
+}
+
+function unbound(ctx: RequestContext, v: VerifiedToken): StageResult {
+  ctx.detail =
+    v.boundTo === ''
+      ? `the token has no cnf x5t#S256 claim, and ${v.rule.rule.source} requires certificate-bound tokens`
+      : ctx.certThumbprint === ''
+        ? 'the token is certificate-bound, and this connection presented no client certificate'
+        : `the token is bound to another certificate (cnf x5t#S256 ${v.boundTo}; this connection's is ${ctx.certThumbprint})`;
+  return REPLIES.jwtUnbound;
 }
 
 function audienceRefused(ctx: RequestContext, v: VerifiedToken): StageResult {

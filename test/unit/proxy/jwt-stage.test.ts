@@ -23,6 +23,7 @@ function rule(jwks: string, extra: Partial<JwtRule> = {}): JwtRule {
     outputClaimToHeaders: [],
     timeoutMs: 5000,
     source: 'test',
+    certificateBound: false,
     ...extra,
   };
 }
