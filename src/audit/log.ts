@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { RequestAttributes } from '../authz/attributes.js';
-import type { DecisionOut } from '../authz/compile.js';
+import type { DecisionOut, TokenReads } from '../authz/compile.js';
 import { headerText, redactQuery } from '../authz/query.js';
 import type { AuditConfig, AuditDecisions, SinkConfig } from '../config/types.js';
 import { FileSink, HttpSink, PrimarySink, type Sink, StdoutSink } from './sinks.js';
@@ -97,6 +97,7 @@ export class AuditLog {
     deny: boolean,
     reason: string,
     tokenParams: ReadonlySet<string>,
+    reads: TokenReads,
   ): void {
     const c = this.config;
     if (c.decisions === 'deny' && !deny) return;
@@ -105,14 +106,16 @@ export class AuditLog {
     if (c.decisions === 'audit' && d.auditPolicy === null) return;
     if (c.decisions === 'all' && !deny && c.sampleAllows < 1 && Math.random() >= c.sampleAllows) return;
     const now = performance.now();
-    let headers: Record<string, string> | undefined;
+    // Every configured header is written, null when absent, so replay knows it was absent.
+    let headers: Record<string, string | null> | undefined;
     if (c.headers.length > 0) {
       headers = {};
       for (const h of c.headers) {
         const v = a.headers[h];
-        if (v !== undefined) headers[h] = headerText(v) as string;
+        headers[h] = v === undefined ? null : (headerText(v) as string);
       }
     }
+    const token = a.claims !== null;
     const event = {
       version: AUDIT_SCHEMA_VERSION,
       time: new Date(a.time).toISOString(),
@@ -135,7 +138,10 @@ export class AuditLog {
         : null,
       source: { principal: a.peerPrincipal, address: a.sourceAddress, port: a.sourcePort },
       remoteAddress: a.remoteAddress,
+      destinationAddress: a.destinationAddress,
+      destinationPort: a.destinationPort,
       tls: a.tls,
+      sni: a.tls ? a.sni : undefined,
       request: {
         method: a.method,
         host: a.host,
@@ -144,6 +150,10 @@ export class AuditLog {
         principal: a.requestPrincipal,
         provider: a.loginProvider === '' ? undefined : a.loginProvider,
         headers,
+        // What the policies read of the token (never the token): for replay.
+        claims: token && reads.claimPaths.length > 0 ? recordedClaims(a.claims, reads.claimPaths) : undefined,
+        audiences: token && reads.audiences ? a.audiences : undefined,
+        presenter: token && reads.presenter ? a.presenter : undefined,
       },
       destination:
         r.route === null
@@ -262,4 +272,41 @@ export class AuditLog {
 
 function isGrpcCall(contentType: string | undefined): boolean {
   return contentType?.startsWith('application/grpc') === true;
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+/**
+ * The claims at the paths policies read, and nothing else: a nested object along each path whose
+ * leaves are the claim's value (an object leaf is kept as `{}`: policies match only strings and
+ * lists), `null` where the claim is absent. Replay tells "absent" (null) from "not recorded"
+ * (no key).
+ */
+export function recordedClaims(
+  claims: Readonly<Record<string, unknown>>,
+  paths: readonly (readonly string[])[],
+): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const path of paths) {
+    let src: unknown = claims;
+    let dst = out;
+    for (let i = 0; i < path.length; i++) {
+      const k = path[i] as string;
+      const v = isPlainObject(src) ? src[k] : undefined;
+      const last = i === path.length - 1;
+      if (isPlainObject(v)) {
+        if (!isPlainObject(dst[k])) dst[k] = {};
+        if (last) break;
+        dst = dst[k] as Record<string, unknown>;
+        src = v;
+        continue;
+      }
+      // A value (or absence) where the path goes on: deeper keys have no value either.
+      if (!(k in dst)) dst[k] = v === undefined ? null : v;
+      break;
+    }
+  }
+  return out;
 }

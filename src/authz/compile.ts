@@ -504,6 +504,31 @@ class RuleIndex {
   }
 }
 
+/**
+ * The token attributes policies read, so that an audit event can keep them for replay: claim paths
+ * (`request.auth.claims[a][b]` → ['a', 'b']), and whether audiences or the presenter are read.
+ */
+export interface TokenReads {
+  readonly claimPaths: readonly (readonly string[])[];
+  readonly audiences: boolean;
+  readonly presenter: boolean;
+}
+
+function tokenReads(policies: readonly AuthorizationPolicy[]): TokenReads {
+  const paths = new Map<string, string[]>();
+  let audiences = false;
+  let presenter = false;
+  for (const p of policies)
+    for (const r of p.rules ?? [])
+      for (const c of r.when ?? []) {
+        if (c.key.startsWith('request.auth.claims['))
+          paths.set(c.key, c.key.slice('request.auth.claims['.length, -1).split(']['));
+        else if (c.key === 'request.auth.audiences') audiences = true;
+        else if (c.key === 'request.auth.presenter') presenter = true;
+      }
+  return { claimPaths: [...paths.values()], audiences, presenter };
+}
+
 /** Request headers the policies' `when` conditions read (lowercase). */
 function headersRead(policies: readonly AuthorizationPolicy[]): Set<string> {
   const out = new Set<string>();
@@ -531,6 +556,8 @@ export class Authorizer {
   readonly shadowAllow: readonly CompiledPolicy[];
   /** Request headers some policy reads: the upstream must receive them as they were authorized. */
   readonly headers: ReadonlySet<string>;
+  /** Token attributes some policy reads (audit events keep them, for replay). */
+  readonly tokenReads: TokenReads;
   readonly all: readonly CompiledPolicy[];
   private readonly denyIndex: RuleIndex;
   private readonly allowIndex: RuleIndex;
@@ -549,6 +576,7 @@ export class Authorizer {
     this.shadowDeny = bucket('DENY', true);
     this.shadowAllow = bucket('ALLOW', true);
     this.headers = headersRead(policies);
+    this.tokenReads = tokenReads(policies);
     this.all = [
       ...this.custom,
       ...this.deny,

@@ -57,7 +57,7 @@ function valueMatches(pattern: string, v: string): boolean {
   return v === pattern;
 }
 
-function anyValue(patterns: readonly string[], v: string, ignoreCase = false): boolean {
+export function anyValue(patterns: readonly string[], v: string, ignoreCase = false): boolean {
   const value = ignoreCase ? v.toLowerCase() : v;
   return patterns.some((p) => valueMatches(ignoreCase ? p.toLowerCase() : p, value));
 }
@@ -83,19 +83,32 @@ function templateMatches(template: string, path: string): boolean {
   return false;
 }
 
-function pathMatches(patterns: readonly string[], path: string): boolean {
+export function pathMatches(patterns: readonly string[], path: string): boolean {
   return patterns.some((p) => (p.includes('{') ? templateMatches(p, path) : valueMatches(p, path)));
 }
 
-function ipMatches(blocks: readonly string[], addr: string): boolean {
-  if (addr === '') return false;
-  const list = new BlockList();
+/** Block lists by their entries: replay asks the same policies about many requests. */
+const blockLists = new Map<string, BlockList>();
+
+function blockList(blocks: readonly string[]): BlockList {
+  const key = blocks.join(' ');
+  let list = blockLists.get(key);
+  if (list !== undefined) return list;
+  list = new BlockList();
   for (const b of blocks) {
     const [net, bits] = b.split('/') as [string, string | undefined];
     const type = isIPv4(net) ? 'ipv4' : 'ipv6';
     if (bits === undefined) list.addAddress(net, type);
     else list.addSubnet(net, Number(bits), type);
   }
+  if (blockLists.size > 1000) blockLists.clear();
+  blockLists.set(key, list);
+  return list;
+}
+
+export function ipMatches(blocks: readonly string[], addr: string): boolean {
+  if (addr === '') return false;
+  const list = blockList(blocks);
   // A v4-mapped v6 address (how dual-stack sockets report IPv4 peers) is its v4 address.
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(addr);
   const a = mapped ? (mapped[1] as string) : addr;
@@ -175,7 +188,7 @@ function claimOf(a: RequestAttributes, key: string): string[] {
 }
 
 /** The attribute a `when` key names, as a list of strings (a single value is a list of one). */
-function conditionValues(a: RequestAttributes, key: string): string[] {
+export function conditionValues(a: RequestAttributes, key: string): string[] {
   if (key.startsWith('request.headers[')) {
     const h = a.headers[key.slice('request.headers['.length, -1).toLowerCase()];
     return h === undefined ? [''] : Array.isArray(h) ? h : [h];
@@ -223,6 +236,11 @@ function conditionFails(c: ConditionSpec, a: RequestAttributes, o: ExplainOption
   if (c.notValues?.some(some))
     return `when ${c.key}: ${JSON.stringify(shown)} matches notValues ${JSON.stringify(c.notValues)}`;
   return null;
+}
+
+/** Whether a `when` condition holds for the request (Istio's values / notValues). */
+export function conditionHolds(c: ConditionSpec, a: RequestAttributes): boolean {
+  return conditionFails(c, a, NO_OPTIONS) === null;
 }
 
 /**

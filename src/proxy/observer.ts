@@ -168,6 +168,7 @@ export class ObservabilitySubscriber {
       rs.deny,
       rs.decisionReason,
       plan.tokenParams,
+      plan.explain.authorizer.tokenReads,
     );
     this.decisions?.record(rs);
   }

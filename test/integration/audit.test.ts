@@ -29,7 +29,19 @@ interface AuditEvent {
   audit: string | null;
   dryRun: { deny: string | null; allowPoliciesAllow: boolean } | null;
   source: { principal: string; address: string; port: number };
-  request: { method: string; host: string; path: string; principal: string; query?: string };
+  request: {
+    method: string;
+    host: string;
+    path: string;
+    principal: string;
+    query?: string;
+    claims?: Record<string, unknown>;
+    presenter?: string;
+    audiences?: string[];
+  };
+  destinationAddress: string;
+  destinationPort: number;
+  sni?: string;
   upstream: { status: number; durationMs: number } | null;
   authzMicros: number;
   durationMs: number;
@@ -119,6 +131,17 @@ metadata:
 spec:
   action: DENY
   rules: [{ to: [{ operation: { paths: ["/ok/tight"] } }] }]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: mark-gold, namespace: default }
+spec:
+  action: AUDIT
+  rules:
+    - when:
+        - { key: "request.auth.claims[org][tier]", values: ["gold"] }
+        - { key: "request.auth.claims[groups]", values: ["staff"] }
+        - { key: "request.auth.presenter", values: ["cli"] }
 `;
 
 describe('audit events and metrics', () => {
@@ -154,7 +177,12 @@ describe('audit events and metrics', () => {
   });
 
   it('records one event per request with the schema fields, a deny with its policy, and never a token', async () => {
-    const token = await sign(key);
+    const token = await sign(key, {
+      groups: ['staff'],
+      org: { tier: 'gold', plan: 'x' },
+      email: 'a@b',
+      azp: 'cli',
+    });
     const db = await issueSvid(h.pki.ca, 'spiffe://example.org/ns/default/sa/db');
     const sent: [string, Parameters<typeof request>[1], number][] = [
       [
@@ -195,6 +223,14 @@ describe('audit events and metrics', () => {
       upstream: { status: 200 },
     });
     expect(ok.request.query).toBeUndefined();
+    // What the policies read of the token, for replay: the claims at their paths, nothing else.
+    expect(ok.request.claims).toEqual({ org: { tier: 'gold' }, groups: ['staff'] });
+    expect(ok.request.presenter).toBe('cli');
+    expect(ok.request.audiences).toBeUndefined();
+    expect(ok.audit).toBe('default/mark-gold');
+    expect(tight.request.claims).toBeUndefined();
+    expect(ok).toMatchObject({ destinationAddress: '127.0.0.1', sni: 'localhost' });
+    expect(ok.destinationPort).toBe(Number(new URL(h.proxy.config.listeners[0]?.upstream ?? '').port));
     expect(Date.parse(ok.time)).toBeGreaterThan(Date.now() - 60_000);
     expect(ok.time).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
     expect(ok.authzMicros).toBeGreaterThan(0);
