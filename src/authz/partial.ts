@@ -45,6 +45,8 @@ export interface PartialDecision {
   readonly rule: number;
   /** The keys whose values the decision needed and the record lacks (empty when decided). */
   readonly missing: readonly string[];
+  /** The keys the record lacks that evaluation came to (a decision despite them, or undecidable). */
+  readonly unknownRead: readonly string[];
 }
 
 /** Evaluation state for one request: what is known, and which unknowns were met. */
@@ -171,7 +173,14 @@ export function decidePartial(
   for (const p of denies) {
     const r = policy(p, c);
     if (r.value === T)
-      return { outcome: 'deny', reason: 'denied-by-policy', policy: id(p), rule: r.rule, missing: [] };
+      return {
+        outcome: 'deny',
+        reason: 'denied-by-policy',
+        policy: id(p),
+        rule: r.rule,
+        missing: [],
+        unknownRead: [...c.met],
+      };
     deny = or(deny, r.value);
   }
   let allow: Tri = allows.length === 0 ? T : F;
@@ -187,15 +196,30 @@ export function decidePartial(
   }
   // A DENY that might match decides nothing unless the request is denied anyway.
   if (allow === F)
-    return { outcome: 'deny', reason: 'no-matching-allow', policy: null, rule: -1, missing: [] };
+    return {
+      outcome: 'deny',
+      reason: 'no-matching-allow',
+      policy: null,
+      rule: -1,
+      missing: [],
+      unknownRead: [...c.met],
+    };
   if (deny === U || allow === U)
-    return { outcome: 'unknown', reason: 'undecidable', policy: null, rule: -1, missing: [...c.met] };
+    return {
+      outcome: 'unknown',
+      reason: 'undecidable',
+      policy: null,
+      rule: -1,
+      missing: [...c.met],
+      unknownRead: [...c.met],
+    };
   return {
     outcome: 'allow',
     reason: allows.length === 0 ? 'no-allow-policies' : 'allowed-by-policy',
     policy: by.policy,
     rule: by.rule,
     missing: [],
+    unknownRead: [...c.met],
   };
 }
 

@@ -27,6 +27,7 @@ Usage:
   portcullis ca issue ...          issue an X.509-SVID from a development CA
   portcullis ca bundle ...         write a development CA's trust bundle (PEM or SPIFFE JSON)
   portcullis check ...             show the authorization decision for a described request
+  portcullis replay ...            decide recorded audit events with other policies: what would change
   portcullis loadtest ...          load-test a running PEP (Portcullis or another)
   portcullis demo                  run a self-contained demo (what "npm start" runs)
   portcullis probe [--url URL]     health probe for containers: GET the admin URL, exit 0 on 2xx
@@ -35,7 +36,8 @@ Options:
   -h, --help       help for any command (e.g. portcullis ca issue --help)
   -v, --version    print the version
 
-Exit codes: 0 success, 1 invalid config or failed check, 2 usage error (check: 3 denied).
+Exit codes: 0 success, 1 invalid config or failed check, 2 usage error (check: 3 denied;
+replay: 3 a transition named by --fail-on happened).
 `;
 
 const CHECK_HELP = `portcullis check [-c FILE] --path PATH [options]
@@ -61,6 +63,32 @@ Options:
   --explain                     for every policy, why each rule matched or did not
 
 Exit codes: 0 allowed, 3 denied, 1 invalid config or policies, 2 usage error.
+`;
+
+const REPLAY_HELP = `portcullis replay --audit FILE [--audit FILE]... [-c FILE] [--policies PATH]... [options]
+
+Reads audit events (the proxy's NDJSON; rotated files and gzipped ones too, named one by one or
+by a shell glob), rebuilds each request's attributes, decides it with the given
+AuthorizationPolicies and reports what changes: counts of allow → deny, deny → allow, unchanged
+and undecidable, each change grouped by the policy and rule deciding it now, with samples.
+Requests the policies did not decide (bad tokens, bad requests, connections refused at TLS,
+outbound calls) keep their outcome; CUSTOM and Rego answers are not asked again. A decision that
+needs an attribute the events do not hold (a header not in audit.headers) is counted undecidable,
+never guessed. Streams: any number of events in bounded memory.
+
+Options:
+  --audit FILE        an audit file, plain or gzipped (repeatable; required)
+  -c, --config FILE   the config the events were recorded under (default ./portcullis.yaml):
+                      workload, listeners, and the policies unless --policies is given
+  --policies PATH     policy files or folders to decide with (repeatable; default: the config's)
+  --json              one JSON document (events, allow_to_deny, deny_to_allow, unchanged,
+                      undecidable, not_replayed, groups with samples, fidelity, events_per_second)
+  --fail-on LIST      comma-separated: allow-to-deny (default), deny-to-allow, undecidable; or none
+  --samples N         samples kept per group (default 3)
+  --no-progress       no progress line (shown on a terminal otherwise)
+
+Exit codes: 0 nothing named by --fail-on happened, 3 something did, 1 invalid config, policies
+or unreadable file, 2 usage error.
 `;
 
 const RUN_HELP = `portcullis run [-c FILE] [--log-format json|pretty|auto]
@@ -388,6 +416,40 @@ async function cmdCheck(args: string[], out: Out): Promise<number> {
   );
 }
 
+async function cmdReplay(args: string[], out: Out): Promise<number> {
+  const { values } = parse(args, {
+    config: { type: 'string', short: 'c' },
+    audit: { type: 'string', multiple: true },
+    policies: { type: 'string', multiple: true },
+    json: { type: 'boolean' },
+    'fail-on': { type: 'string' },
+    samples: { type: 'string' },
+    'no-progress': { type: 'boolean' },
+  });
+  if (values.help) return help(out, REPLAY_HELP);
+  const files = strs(values.audit);
+  if (files.length === 0) throw new PortcullisError('ERR_USAGE', '--audit FILE is required');
+  const samples = str(values.samples) ?? '3';
+  if (!/^\d{1,3}$/.test(samples))
+    throw new PortcullisError('ERR_USAGE', `--samples: "${samples}" is not a number 0-999`);
+  const { loadConfigFile } = await import('../config/load.js');
+  const { parseFailOn, runReplay } = await import('./replay.js');
+  const failOn = parseFailOn(str(values['fail-on']));
+  const config = loadConfigFile(str(values.config) ?? 'portcullis.yaml', { policiesOnly: true });
+  return runReplay(
+    config,
+    {
+      files,
+      policies: strs(values.policies).map((p) => resolve(p)),
+      json: values.json === true,
+      failOn,
+      samples: Number(samples),
+      progress: values['no-progress'] !== true && values.json !== true && process.stderr.isTTY === true,
+    },
+    out,
+  );
+}
+
 async function cmdLoadtest(args: string[], out: Out): Promise<number> {
   const { values } = parse(args, {
     target: { type: 'string' },
@@ -572,6 +634,8 @@ export async function main(
         return await cmdCa(rest, out);
       case 'check':
         return await cmdCheck(rest, out);
+      case 'replay':
+        return await cmdReplay(rest, out);
       case 'loadtest':
         return await cmdLoadtest(rest, out);
       case 'demo':

@@ -61,7 +61,8 @@ function clip(s: string): string {
   return s.length > 80 ? `${s.slice(0, 77)}...` : s;
 }
 
-function namespaceOf(path: string): string {
+/** The namespace of a SPIFFE ID path (`/ns/<ns>/…`), or ''. */
+export function namespaceOf(path: string): string {
   if (!path.startsWith('/ns/')) return '';
   const end = path.indexOf('/', 4);
   return end === -1 ? path.slice(4) : path.slice(4, end);

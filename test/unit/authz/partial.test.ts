@@ -21,6 +21,7 @@ describe('deciding with attributes the record lacks', () => {
       policy: null,
       rule: -1,
       missing: [],
+      unknownRead: ['request.headers[x-debug]'],
     });
   });
 
@@ -31,6 +32,7 @@ describe('deciding with attributes the record lacks', () => {
       policy: null,
       rule: -1,
       missing: ['request.headers[x-debug]'],
+      unknownRead: ['request.headers[x-debug]'],
     });
   });
 
