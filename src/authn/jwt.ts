@@ -36,6 +36,10 @@ export class CompiledJwtRule {
 
 const NO_AUDIENCES: readonly string[] = Object.freeze([]);
 
+function isPlain(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
 /**
  * A token whose signature and time claims were verified. What authorization reads of it
  * (RequestAttributes: requestPrincipal, claims, audiences, presenter) is computed here once.
@@ -55,6 +59,8 @@ export class VerifiedToken {
   readonly key: KeyObject;
   /** RFC 8705: the certificate thumbprint the token is bound to (`cnf` `x5t#S256`), or ''. */
   readonly boundTo: string;
+  /** RFC 9449: the thumbprint of the key the token is bound to (`cnf` `jkt`), or ''. */
+  readonly jkt: string;
 
   constructor(
     rule: CompiledJwtRule,
@@ -79,11 +85,10 @@ export class VerifiedToken {
     this.expMs = typeof payload.exp === 'number' ? payload.exp * 1000 : Number.POSITIVE_INFINITY;
     this.key = key;
     const cnf = payload.cnf;
-    const x5t =
-      cnf !== null && typeof cnf === 'object' && !Array.isArray(cnf)
-        ? (cnf as Record<string, unknown>)['x5t#S256']
-        : undefined;
+    const x5t = isPlain(cnf) ? cnf['x5t#S256'] : undefined;
     this.boundTo = typeof x5t === 'string' ? x5t : '';
+    const jkt = isPlain(cnf) ? cnf.jkt : undefined;
+    this.jkt = typeof jkt === 'string' ? jkt : '';
   }
 
   /** Istio: with audiences configured, the token's `aud` must contain one of them. */

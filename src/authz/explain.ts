@@ -115,9 +115,6 @@ export interface RecordedOutcome {
   readonly reachedRego: boolean;
 }
 
-/** Headers whose values are credentials whatever the config says. */
-export const CREDENTIAL_HEADERS: readonly string[] = ['authorization', 'proxy-authorization', 'cookie'];
-
 /**
  * Explains a request's decision. With `recorded` (a request the proxy answered) the decision is the
  * one the proxy made; without it (`portcullis check`) the compiled policies decide now. The

@@ -90,12 +90,14 @@ const destinationHost = z
     }
   });
 
-/** Headers whose values are secrets: the audit log refuses to record them. */
-const CREDENTIAL_HEADERS: ReadonlySet<string> = new Set([
+/** Headers whose values are secrets: the audit log refuses to record them, explanations show them REDACTED. */
+export const CREDENTIAL_HEADERS: ReadonlySet<string> = new Set([
   'authorization',
   'cookie',
   'proxy-authorization',
   'x-api-key',
+  // An RFC 9449 proof: bound to one request, but a credential all the same.
+  'dpop',
 ]);
 
 export const limitsSchema = z.strictObject({
@@ -380,7 +382,7 @@ export const configSchema = z.strictObject({
         .default([])
         .refine((hs) => !hs.some((h) => CREDENTIAL_HEADERS.has(h.toLowerCase())), {
           message:
-            'credential headers (authorization, cookie, proxy-authorization, x-api-key) are never recorded',
+            'credential headers (authorization, cookie, proxy-authorization, x-api-key, dpop) are never recorded',
         }),
       bufferSize: z.number().int().min(1).max(1_000_000).default(10_000),
       /**

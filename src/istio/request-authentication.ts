@@ -46,10 +46,19 @@ export interface JwtRule {
    * connection it arrives on.
    */
   readonly certificateBound: boolean;
+  /**
+   * RFC 9449 DPoP (annotation `portcullis.dev/dpop: "true"`): tokens bound to a key (`cnf.jkt`)
+   * are accepted as `Authorization: DPoP <token>` with a valid `DPoP` proof. With either
+   * annotation, a token must be bound one of the accepted ways.
+   */
+  readonly dpop: boolean;
 }
 
 /** The annotation that binds a RequestAuthentication's tokens to the client certificate (RFC 8705). */
 export const CERTIFICATE_BOUND_ANNOTATION = 'portcullis.dev/certificate-bound';
+/** The annotation that accepts DPoP-bound tokens with proofs (RFC 9449). */
+export const DPOP_ANNOTATION = 'portcullis.dev/dpop';
+const KNOWN_ANNOTATIONS = [CERTIFICATE_BOUND_ANNOTATION, DPOP_ANNOTATION];
 
 export interface RequestAuthentication {
   readonly meta: ResourceMeta;
@@ -128,7 +137,7 @@ function parseRule(
   raw: unknown,
   at: string,
   source: string,
-  certificateBound: boolean,
+  binding: { certificateBound: boolean; dpop: boolean },
   report: Report,
 ): JwtRule | null {
   if (!isMap(raw)) {
@@ -228,7 +237,8 @@ function parseRule(
     outputClaimToHeaders,
     timeoutMs,
     source,
-    certificateBound,
+    certificateBound: binding.certificateBound,
+    dpop: binding.dpop,
   };
 }
 
@@ -247,12 +257,18 @@ export function parseRequestAuthentication(
   // Our annotations extend the resource the Kubernetes way; a misspelt one must not silently
   // leave tokens unbound.
   for (const k of Object.keys(meta.annotations)) {
-    if (k.startsWith('portcullis.dev/') && k !== CERTIFICATE_BOUND_ANNOTATION)
-      fail(`metadata.annotations.${k}`, `unknown annotation (known: ${CERTIFICATE_BOUND_ANNOTATION})`);
+    if (k.startsWith('portcullis.dev/') && !KNOWN_ANNOTATIONS.includes(k))
+      fail(`metadata.annotations.${k}`, `unknown annotation (known: ${KNOWN_ANNOTATIONS.join(', ')})`);
   }
-  const bound = meta.annotations[CERTIFICATE_BOUND_ANNOTATION];
-  if (bound !== undefined && bound !== 'true' && bound !== 'false')
-    fail(`metadata.annotations.${CERTIFICATE_BOUND_ANNOTATION}`, 'must be "true" or "false"');
+  for (const k of KNOWN_ANNOTATIONS) {
+    const v = meta.annotations[k];
+    if (v !== undefined && v !== 'true' && v !== 'false')
+      fail(`metadata.annotations.${k}`, 'must be "true" or "false"');
+  }
+  const binding = {
+    certificateBound: meta.annotations[CERTIFICATE_BOUND_ANNOTATION] === 'true',
+    dpop: meta.annotations[DPOP_ANNOTATION] === 'true',
+  };
   const rules: JwtRule[] = [];
   if (s.jwtRules !== undefined && s.jwtRules !== null) {
     if (!Array.isArray(s.jwtRules)) fail('spec.jwtRules', 'must be a list');
@@ -262,7 +278,7 @@ export function parseRequestAuthentication(
           r,
           `spec.jwtRules[${i}]`,
           `RequestAuthentication ${meta.namespace}/${meta.name} jwtRules[${i}]`,
-          bound === 'true',
+          binding,
           fail,
         );
         if (rule !== null) rules.push(rule);

@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { constants as h2constants, type ServerHttp2Stream } from 'node:http2';
+import { DPOP_ALGORITHMS } from '../authn/dpop.js';
 
 const NGHTTP2_INTERNAL_ERROR = h2constants.NGHTTP2_INTERNAL_ERROR;
 
@@ -123,6 +124,20 @@ export const REPLIES = {
     bearerChallenge: true,
     challengeParams:
       ', error="invalid_token", error_description="the token is not bound to the client certificate of this connection"',
+  }),
+  /** The same under a rule that accepts DPoP: the challenge names the DPoP scheme (RFC 9449 §7.1). */
+  jwtUnboundDpop: new LocalReply(401, 'jwt-unbound', 'Jwt verification fails', {
+    deny: true,
+    headers: {
+      'www-authenticate': `DPoP algs="${DPOP_ALGORITHMS.join(' ')}", error="invalid_token", error_description="the token is not bound to this client"`,
+    },
+  }),
+  /** RFC 9449 §7.1: a missing, malformed, stale, replayed or mismatched DPoP proof. */
+  dpopInvalid: new LocalReply(401, 'dpop-invalid', 'Jwt verification fails', {
+    deny: true,
+    headers: {
+      'www-authenticate': `DPoP algs="${DPOP_ALGORITHMS.join(' ')}", error="invalid_dpop_proof", error_description="the DPoP proof is missing or not valid for this request"`,
+    },
   }),
   jwtAudience: new LocalReply(403, 'jwt-audience', 'Audiences in Jwt are not allowed', { deny: true }),
   rbacDenied: new LocalReply(403, 'rbac-denied', 'RBAC: access denied', { deny: true }),

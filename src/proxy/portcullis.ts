@@ -4,13 +4,15 @@ import { DecisionRing } from '../admin/decisions.js';
 import { Metrics } from '../admin/metrics.js';
 import { AdminServer, type AdminStatus } from '../admin/server.js';
 import { AuditLog } from '../audit/log.js';
+import { DpopReplayCache } from '../authn/dpop.js';
 import { JwksRegistry, type JwksSource } from '../authn/jwks.js';
 import { AssertionSigner, CookieSealer, LoginProvider, readSessionKey } from '../authn/login.js';
 import { Authorizer } from '../authz/compile.js';
-import { CREDENTIAL_HEADERS, type Explanation } from '../authz/explain.js';
+import type { Explanation } from '../authz/explain.js';
 import { ExtAuthzClient } from '../authz/ext-authz.js';
 import { formatHostPort } from '../config/address.js';
 import type { Config, ListenerConfig } from '../config/load.js';
+import { CREDENTIAL_HEADERS } from '../config/schema.js';
 import { FolderWatcher } from '../config/watch.js';
 import { ConfigError, errorMessage } from '../errors.js';
 import { openSource, type X509Source } from '../identity/source.js';
@@ -101,6 +103,8 @@ export class Portcullis implements AdminStatus {
   private readonly observer: RequestObserver;
   /** Metrics and audit, subscribed to this proxy's events. */
   private readonly subscriber: ObservabilitySubscriber;
+  /** DPoP proofs seen, kept across reloads (a reload must not let a proof be used twice). */
+  private readonly dpopReplays = new DpopReplayCache();
   /** Recent decisions for `/decisions/<id>` (null when `admin.decisions.size` is 0 or there is no admin). */
   readonly decisions: DecisionRing | null;
   private listening = false;
@@ -220,7 +224,11 @@ export class Portcullis implements AdminStatus {
         : new JwtStage(
             snapshot.jwtRules,
             this.jwks,
-            { clockSkewMs: this.config.jwt.clockSkew, cacheSize: this.config.jwt.cacheSize },
+            {
+              clockSkewMs: this.config.jwt.clockSkew,
+              cacheSize: this.config.jwt.cacheSize,
+              replays: this.dpopReplays,
+            },
             this.log,
           );
     const authz = snapshot.authorizer.empty

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import { DpopReplayCache, verifyDpopProof } from '../../authn/dpop.js';
 import type { JwksRegistry, JwksSource, JwtStats } from '../../authn/jwks.js';
 import {
   CompiledJwtRule,
@@ -12,7 +13,7 @@ import { parseQuery } from '../../authz/query.js';
 import type { JwtRule } from '../../istio/request-authentication.js';
 import type { RequestContext } from '../context.js';
 import { claimHeaderValue, cookieValue, countHeader } from '../headers.js';
-import { REPLIES } from '../local-reply.js';
+import { type LocalReply, REPLIES } from '../local-reply.js';
 import type { Stage, StageResult } from '../plan.js';
 
 enum LocationKind {
@@ -31,6 +32,8 @@ class TokenLocation {
   readonly rules: CompiledJwtRule[] = [];
   /** For explanations: `header authorization`, `query parameter access_token`, `cookie session`. */
   readonly describe: string;
+  /** The default Authorization location also takes `DPoP <token>` (some rule here accepts DPoP). */
+  dpop = false;
 
   constructor(kind: LocationKind, name: string, prefix: string, lenientPrefix: boolean) {
     this.kind = kind;
@@ -55,6 +58,8 @@ interface Found {
 export interface JwtStageOptions {
   readonly clockSkewMs: number;
   readonly cacheSize: number;
+  /** DPoP proofs seen (kept across reloads by the proxy, so a reload does not reopen replays). */
+  readonly replays?: DpopReplayCache;
 }
 
 /**
@@ -73,6 +78,7 @@ export class JwtStage implements Stage {
   private readonly locations: TokenLocation[];
   private readonly cache: TokenCache;
   private readonly skewSeconds: number;
+  private readonly replays: DpopReplayCache;
   readonly stats: JwtStats;
   /** Headers the proxy writes from tokens; whatever a client sends under these names is dropped. */
   readonly outputHeaders: ReadonlySet<string>;
@@ -88,6 +94,7 @@ export class JwtStage implements Stage {
     this.log = log;
     this.cache = new TokenCache(opts.cacheSize, opts.clockSkewMs);
     this.skewSeconds = Math.round(opts.clockSkewMs / 1000);
+    this.replays = opts.replays ?? new DpopReplayCache();
     const byKey = new Map<string, TokenLocation>();
     const loc = (kind: LocationKind, name: string, prefix: string, lenient: boolean): TokenLocation => {
       const key = `${kind}:${name}:${prefix}`;
@@ -112,7 +119,9 @@ export class JwtStage implements Stage {
       const compiled = new CompiledJwtRule(rule, registry.sourceFor(rule));
       sources.add(compiled.source);
       if (rule.defaultLocations) {
-        loc(LocationKind.Header, 'authorization', 'Bearer ', true).rules.push(compiled);
+        const auth = loc(LocationKind.Header, 'authorization', 'Bearer ', true);
+        auth.rules.push(compiled);
+        if (rule.dpop) auth.dpop = true;
         loc(LocationKind.Param, 'access_token', '', false).rules.push(compiled);
       }
       for (const h of rule.fromHeaders)
@@ -177,22 +186,114 @@ export class JwtStage implements Stage {
       const hit = this.cache.get(firstToken, Date.now());
       if (hit !== undefined && firstLocation.rules.includes(hit.rule)) {
         this.stats.cacheHits++;
-        return this.acceptOne(ctx, firstLocation, hit);
+        return this.acceptOne(ctx, firstLocation, hit, firstToken);
       }
       return this.verifyAll(ctx, [{ token: firstToken, location: firstLocation }]);
     }
     return this.verifyAll(ctx, [{ token: firstToken, location: firstLocation }, ...more]);
   }
 
-  private acceptOne(ctx: RequestContext, location: TokenLocation, v: VerifiedToken): StageResult {
+  private acceptOne(
+    ctx: RequestContext,
+    location: TokenLocation,
+    v: VerifiedToken,
+    token: string,
+  ): StageResult | Promise<StageResult> {
     if (!v.audienceAllowed()) return audienceRefused(ctx, v);
-    if (v.rule.rule.certificateBound && !boundHere(v, ctx)) return unbound(ctx, v);
+    const rule = v.rule.rule;
+    if (rule.certificateBound || rule.dpop || location.dpop) {
+      const bound = this.binding(ctx, location, v, token);
+      if (bound !== null) {
+        if (bound instanceof Promise)
+          return bound.then((r) => (r === null ? this.acceptBound(ctx, location, v) : r));
+        return bound;
+      }
+    }
+    return this.acceptBound(ctx, location, v);
+  }
+
+  private acceptBound(ctx: RequestContext, location: TokenLocation, v: VerifiedToken): StageResult {
     const a = ctx.attrs;
     a.requestPrincipal = v.principal;
     a.claims = v.payload;
     a.audiences = v.audiences;
     a.presenter = v.presenter;
     this.writeHeaders(ctx, location, v);
+    return null;
+  }
+
+  /**
+   * Whether a token is bound to this client, under a rule that requires it (RFC 8705, RFC 9449):
+   * null when it is (or need not be), a refusal, or a promise of either while a DPoP proof is
+   * checked. `DPoP <token>` is checked against the `DPoP` proof whatever else holds; a token bound
+   * to a DPoP key cannot be used as a bearer token (§7.2); otherwise, under a binding rule, the
+   * token's certificate thumbprint must be this connection's.
+   */
+  private binding(
+    ctx: RequestContext,
+    location: TokenLocation,
+    v: VerifiedToken,
+    token: string,
+  ): StageResult | Promise<StageResult> {
+    const rule = v.rule.rule;
+    const viaDpop = location.dpop && location.lenientPrefix && isDpopScheme(ctx.attrs.headers.authorization);
+    if (viaDpop) {
+      if (!rule.dpop)
+        return refuse(
+          ctx,
+          REPLIES.jwtInvalid,
+          `the token was sent as DPoP, and ${rule.source} does not accept DPoP`,
+        );
+      if (v.jkt === '')
+        return refuse(
+          ctx,
+          REPLIES.jwtUnboundDpop,
+          'the token was sent as DPoP, and is not bound to a key (no cnf.jkt)',
+        );
+      const proof = ctx.attrs.headers.dpop;
+      if (typeof proof !== 'string' || countHeader(ctx.rawHeaders, 'dpop') !== 1)
+        return refuse(ctx, REPLIES.dpopInvalid, 'the request carries no DPoP proof, or more than one');
+      return this.checkProof(ctx, v, token, proof);
+    }
+    if (!rule.certificateBound && !rule.dpop) return null;
+    if (rule.certificateBound && boundHere(v, ctx)) return null;
+    if (v.jkt !== '')
+      return refuse(
+        ctx,
+        REPLIES.jwtUnboundDpop,
+        'the token is bound to a DPoP key and was sent as a bearer token',
+      );
+    if (rule.certificateBound) return unbound(ctx, v);
+    return refuse(
+      ctx,
+      REPLIES.jwtUnboundDpop,
+      `${rule.source} requires DPoP-bound tokens, sent as DPoP with a proof`,
+    );
+  }
+
+  private async checkProof(
+    ctx: RequestContext,
+    v: VerifiedToken,
+    token: string,
+    proof: string,
+  ): Promise<StageResult> {
+    const a = ctx.attrs;
+    const q = ctx.target.indexOf('?');
+    const why = await verifyDpopProof(
+      proof,
+      {
+        method: a.method,
+        url: `${a.tls ? 'https' : 'http'}://${a.host}${q === -1 ? ctx.target : ctx.target.slice(0, q)}`,
+        accessToken: token,
+        jkt: v.jkt,
+        now: Date.now(),
+        skewSeconds: this.skewSeconds,
+      },
+      this.replays,
+    );
+    if (why !== null) return refuse(ctx, REPLIES.dpopInvalid, why);
+    // The proof goes with the token: neither reaches the upstream unless the rule forwards the token.
+    if (!v.rule.rule.forwardOriginalToken) ctx.dropHeader('dpop');
     return null;
   }
 
@@ -239,10 +340,16 @@ export class JwtStage implements Stage {
     return REPLIES.jwtInvalid;
   }
 
-  private accept(ctx: RequestContext, found: Found[], verified: VerifiedToken[]): StageResult {
-    for (const v of verified) {
+  private async accept(ctx: RequestContext, found: Found[], verified: VerifiedToken[]): Promise<StageResult> {
+    for (let i = 0; i < verified.length; i++) {
+      const v = verified[i] as VerifiedToken;
+      const f = found[i] as Found;
       if (!v.audienceAllowed()) return audienceRefused(ctx, v);
-      if (v.rule.rule.certificateBound && !boundHere(v, ctx)) return unbound(ctx, v);
+      const rule = v.rule.rule;
+      if (rule.certificateBound || rule.dpop || f.location.dpop) {
+        const bound = await this.binding(ctx, f.location, v, f.token);
+        if (bound !== null) return bound;
+      }
     }
     const first = verified[0] as VerifiedToken;
     const a = ctx.attrs;
@@ -261,6 +368,17 @@ export class JwtStage implements Stage {
  * thumbprint of the client certificate this connection presented (checked on every request: the
  * verified-token cache is keyed by the token, not the connection).
  */
+/** A refusal, with why for the operator's explain. */
+function refuse(ctx: RequestContext, reply: LocalReply, detail: string): LocalReply {
+  ctx.detail = detail;
+  return reply;
+}
+
+/** `Authorization: DPoP …` (the scheme in any case). */
+function isDpopScheme(v: string | undefined): boolean {
+  return v !== undefined && v.length > 5 && v.charCodeAt(4) === 32 && v.slice(0, 4).toLowerCase() === 'dpop';
+}
+
 function boundHere(v: VerifiedToken, ctx: RequestContext): boolean {
   // Both '' (an unbound token on a connection without a certificate) is not a match.
   return v.boundTo !== '' && v.boundTo === ctx.certThumbprint;
@@ -296,7 +414,7 @@ function extract(ctx: RequestContext, l: TokenLocation): string | null {
     const v = ctx.attrs.headers[l.name];
     if (v === undefined) return null;
     if (Array.isArray(v) || countHeader(ctx.rawHeaders, l.name) > 1) return DUPLICATE;
-    if (l.lenientPrefix) return bearerToken(v);
+    if (l.lenientPrefix) return authorizationToken(v, l.dpop);
     if (l.prefix !== '') {
       if (!v.startsWith(l.prefix)) return INVALID;
       raw = v.slice(l.prefix.length);
@@ -319,16 +437,17 @@ function extract(ctx: RequestContext, l: TokenLocation): string | null {
 
 /**
  * `Authorization: Bearer <token>` as RFC 7235 §2.1 and RFC 6750 §2.1 write it: the scheme
- * (any case), one or more spaces, the token. Another scheme (Basic, …) is not a token location;
- * a Bearer credential written any other way (a tab, a comma, nothing after it) is refused rather
- * than passed on unverified.
+ * (any case), one or more spaces, the token — and `DPoP <token>` (RFC 9449 §7.1) where a rule
+ * accepts DPoP. Another scheme (Basic, …) is not a token location; a Bearer credential written any
+ * other way (a tab, a comma, nothing after it) is refused rather than passed on unverified.
  */
-function bearerToken(v: string): string | null {
+function authorizationToken(v: string, dpop: boolean): string | null {
   let i = 0;
   while (i < v.length && isTchar(v.charCodeAt(i))) i++;
-  if (i !== 6 || v.slice(0, 6).toLowerCase() !== 'bearer') return null;
-  if (v.charCodeAt(6) !== 32) return INVALID;
-  i = 7;
+  const scheme = i === 6 ? 'bearer' : i === 4 && dpop ? 'dpop' : '';
+  if (scheme === '' || v.slice(0, i).toLowerCase() !== scheme) return null;
+  if (v.charCodeAt(i) !== 32) return INVALID;
+  i++;
   while (v.charCodeAt(i) === 32) i++;
   const token = v.slice(i).trimEnd();
   return token === '' ? INVALID : token;

@@ -24,6 +24,7 @@ function rule(jwks: string, extra: Partial<JwtRule> = {}): JwtRule {
     timeoutMs: 5000,
     source: 'test',
     certificateBound: false,
+    dpop: false,
     ...extra,
   };
 }
