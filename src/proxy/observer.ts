@@ -111,8 +111,8 @@ function reasonOf(rs: RequestStream, authorized: boolean): string {
 }
 
 /**
- * Metrics, audit and the recent-decisions ring as subscribers of one proxy's events: counters and a bounded buffer, so no
- * request waits on them. `close()` unsubscribes.
+ * Metrics, audit and the recent-decisions ring as subscribers of one proxy's events: counters,
+ * bounded buffers and a fixed ring, so no request waits on them. `close()` unsubscribes.
  */
 export class ObservabilitySubscriber {
   private readonly source: RequestObserver;

@@ -239,32 +239,32 @@ export class JwtStage implements Stage {
     const viaDpop = location.dpop && location.lenientPrefix && isDpopScheme(ctx.attrs.headers.authorization);
     if (viaDpop) {
       if (!rule.dpop)
-        return refuse(
+        return refuseWith(
           ctx,
           REPLIES.jwtInvalid,
           `the token was sent as DPoP, and ${rule.source} does not accept DPoP`,
         );
       if (v.jkt === '')
-        return refuse(
+        return refuseWith(
           ctx,
           REPLIES.jwtUnboundDpop,
           'the token was sent as DPoP, and is not bound to a key (no cnf.jkt)',
         );
       const proof = ctx.attrs.headers.dpop;
       if (typeof proof !== 'string' || countHeader(ctx.rawHeaders, 'dpop') !== 1)
-        return refuse(ctx, REPLIES.dpopInvalid, 'the request carries no DPoP proof, or more than one');
+        return refuseWith(ctx, REPLIES.dpopInvalid, 'the request carries no DPoP proof, or more than one');
       return this.checkProof(ctx, v, token, proof);
     }
     if (!rule.certificateBound && !rule.dpop) return null;
     if (rule.certificateBound && boundHere(v, ctx)) return null;
     if (v.jkt !== '')
-      return refuse(
+      return refuseWith(
         ctx,
         REPLIES.jwtUnboundDpop,
         'the token is bound to a DPoP key and was sent as a bearer token',
       );
     if (rule.certificateBound) return unbound(ctx, v);
-    return refuse(
+    return refuseWith(
       ctx,
       REPLIES.jwtUnboundDpop,
       `${rule.source} requires DPoP-bound tokens, sent as DPoP with a proof`,
@@ -291,7 +291,7 @@ export class JwtStage implements Stage {
       },
       this.replays,
     );
-    if (why !== null) return refuse(ctx, REPLIES.dpopInvalid, why);
+    if (why !== null) return refuseWith(ctx, REPLIES.dpopInvalid, why);
     // The proof goes with the token: neither reaches the upstream unless the rule forwards the token.
     if (!v.rule.rule.forwardOriginalToken) ctx.dropHeader('dpop');
     return null;
@@ -363,13 +363,8 @@ export class JwtStage implements Stage {
   }
 }
 
-/**
- * RFC 8705 §3: under a certificate-bound rule, a token must carry `cnf` `x5t#S256` equal to the
- * thumbprint of the client certificate this connection presented (checked on every request: the
- * verified-token cache is keyed by the token, not the connection).
- */
 /** A refusal, with why for the operator's explain. */
-function refuse(ctx: RequestContext, reply: LocalReply, detail: string): LocalReply {
+function refuseWith(ctx: RequestContext, reply: LocalReply, detail: string): LocalReply {
   ctx.detail = detail;
   return reply;
 }
@@ -379,6 +374,11 @@ function isDpopScheme(v: string | undefined): boolean {
   return v !== undefined && v.length > 5 && v.charCodeAt(4) === 32 && v.slice(0, 4).toLowerCase() === 'dpop';
 }
 
+/**
+ * RFC 8705 §3: under a certificate-bound rule, a token must carry `cnf` `x5t#S256` equal to the
+ * thumbprint of the client certificate this connection presented (checked on every request: the
+ * verified-token cache is keyed by the token, not the connection).
+ */
 function boundHere(v: VerifiedToken, ctx: RequestContext): boolean {
   // Both '' (an unbound token on a connection without a certificate) is not a match.
   return v.boundTo !== '' && v.boundTo === ctx.certThumbprint;

@@ -3,6 +3,7 @@ import { DecisionRing } from '../../../src/admin/decisions.js';
 import { isLoopback } from '../../../src/admin/server.js';
 import { requestAttributes } from '../../../src/authz/attributes.js';
 import { Authorizer, Decision } from '../../../src/authz/compile.js';
+import { PLAIN } from '../../helpers/request.js';
 
 describe('who may read decision explains', () => {
   it('only loopback peers', () => {
@@ -23,16 +24,7 @@ describe('the decisions ring', () => {
   };
   const decided = (id: string, deny: boolean) => ({
     attrs: requestAttributes(
-      {
-        sourceAddress: '127.0.0.1',
-        sourcePort: 1,
-        destinationAddress: '127.0.0.1',
-        tls: false,
-        sni: '',
-        peerId: '',
-        peerPrincipal: '',
-        peerNamespace: '',
-      },
+      PLAIN,
       { method: 'GET', target: `/${id}`, headers: { host: 'h', 'x-request-id': id }, httpVersion: '1.1' },
       { workloadPort: 80, normalization: 'BASE', trustedProxies: 0 },
       0,
