@@ -30,6 +30,8 @@ const ISSUER = 'https://issuer.demo.portcullis';
 interface CallResult {
   status: number;
   summary: string;
+  /** The `x-request-id` the proxy answered with, or ''. */
+  requestId: string;
 }
 
 interface Client {
@@ -106,25 +108,53 @@ function call(port: number, c: Client, path = '/hello'): Promise<CallResult> {
         let text = '';
         res.setEncoding('utf8');
         res.on('data', (chunk: string) => (text += chunk));
+        const id = res.headers['x-request-id'];
         res.on('end', () =>
-          resolve({ status: res.statusCode ?? 0, summary: `HTTP ${res.statusCode}\n${text.trimEnd()}` }),
+          resolve({
+            status: res.statusCode ?? 0,
+            summary: `HTTP ${res.statusCode}\n${text.trimEnd()}`,
+            requestId: typeof id === 'string' ? id : '',
+          }),
         );
         res.on('error', (err) =>
-          resolve({ status: 0, summary: `connection closed (${(err as NodeJS.ErrnoException).code})` }),
+          resolve({
+            status: 0,
+            summary: `connection closed (${(err as NodeJS.ErrnoException).code})`,
+            requestId: '',
+          }),
         );
       },
     );
     req.on('error', (err) =>
-      resolve({ status: 0, summary: `refused: ${(err as NodeJS.ErrnoException).code ?? err.message}` }),
+      resolve({
+        status: 0,
+        summary: `refused: ${(err as NodeJS.ErrnoException).code ?? err.message}`,
+        requestId: '',
+      }),
     );
     req.end();
+  });
+}
+
+/** GET on the admin server, the body as text ('' when it cannot be had). */
+function adminGet(port: number, path: string): Promise<string> {
+  return new Promise((resolve) => {
+    http
+      .get({ host: '127.0.0.1', port, path, agent: false }, (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => (text += chunk));
+        res.on('end', () => resolve(text.trimEnd()));
+        res.on('error', () => resolve(''));
+      })
+      .on('error', () => resolve(''));
   });
 }
 
 function indent(text: string): string {
   return text
     .split('\n')
-    .map((l) => `    ${l}`)
+    .map((l) => (l === '' ? '' : `    ${l}`))
     .join('\n');
 }
 
@@ -266,8 +296,10 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     ],
   ];
   let behaved = true;
+  let deniedId = '';
   for (const [i, [title, client, expected, path]] of steps.entries()) {
     const result = await call(port, client, path);
+    if (i === 1) deniedId = result.requestId;
     // This call's audit event goes out first, so that each event sits above the call it records.
     await proxy.audit?.flush(1_000);
     out(`${i + 1}. ${title}:`);
@@ -278,6 +310,16 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       if (reasons.length > 0) out(indent(`(the proxy's reason: ${reasons.join(', ')})`));
     }
     if (!expected(result.status)) behaved = false;
+  }
+  if (deniedId !== '') {
+    // The client of call 2 got only its request id; the operator looks it up.
+    out(
+      'Why was call 2 denied? The client got only its request id; the admin server (loopback only) explains it:',
+    );
+    out(`    curl http://127.0.0.1:${adminPort}/decisions/${deniedId}`);
+    const explained = await adminGet(adminPort, `/decisions/${deniedId}`);
+    if (!explained.includes('decision: DENY')) behaved = false;
+    out(indent(explained));
   }
   out(
     `\n${behaved ? 'Every call behaved as expected.' : 'UNEXPECTED: the calls above did not behave as expected.'}`,

@@ -513,6 +513,11 @@ outbound:
     expect(r.code, r.stdout + r.stderr).toBe(0);
     expect(r.stdout).toContain('Every call behaved as expected.');
     expect(r.stdout).toContain('"x-jwt-sub": "alice"');
+    // The operator's side of a deny: the explanation the admin server gives for its request id.
+    expect(r.stdout).toMatch(/curl http:\/\/127\.0\.0\.1:\d+\/decisions\/[\w-]+\n {4}request id: /);
+    expect(r.stdout).toContain(
+      'nearest miss: ALLOW default/api-callers rule[0], 1 condition failed:\n        from[0] principals: "example.org/ns/default/sa/db" is not in ["example.org/ns/default/sa/web"]',
+    );
     expect(r.stdout).toContain('HTTP 401');
     expect(r.stdout).toContain('HTTP 403');
     // The audit events go to stdout: one JSON line per decision, allowed and denied.
