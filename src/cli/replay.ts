@@ -68,14 +68,19 @@ export async function runReplay(
   const sources = input.policies.length > 0 ? input.policies : config.policies;
   const policies = loadPolicies(sources, config.workload.namespace).authorizationPolicies;
   const showProgress = input.progress;
+  const started = performance.now();
   const report = await replayAudit({
     files: input.files,
     config,
     policies,
     samples: input.samples,
     progress: showProgress
-      ? (events, file, i) =>
-          process.stderr.write(`\r  ${n(events)} events  (file ${i + 1}/${input.files.length}: ${file})   `)
+      ? (events, file, i) => {
+          const rate = Math.round(events / ((performance.now() - started) / 1000));
+          process.stderr.write(
+            `\r  ${n(events)} events, ${n(rate)}/s  (file ${i + 1}/${input.files.length}: ${file})   `,
+          );
+        }
       : undefined,
   });
   if (showProgress) process.stderr.write('\n');
