@@ -25,12 +25,23 @@ export const DPOP_ALGORITHMS = [
 /** A proof older than this (by its `iat`) is refused (§11.1: a short window bounds replays). */
 export const DPOP_MAX_AGE_SECONDS = 300;
 
+/** What a proof's id was: seen for the first time, seen before, or not known (fail closed). */
+export type ReplayVerdict = 'fresh' | 'replayed' | 'unavailable';
+
+/**
+ * Where proof ids are remembered: this process's cache, or (cluster workers) the primary's, so
+ * that a proof is accepted once by the whole cluster, not once per worker.
+ */
+export interface ReplayGuard {
+  record(key: string, expiresAt: number, now: number): ReplayVerdict | Promise<ReplayVerdict>;
+}
+
 /**
  * The proofs seen within the acceptance window, by key thumbprint and `jti` (§11.1): a proof is
  * accepted once. Bounded: past `max` entries the oldest are forgotten first (they are the nearest to
  * expiry), so a flood of valid proofs cannot grow memory; the bound is documented.
  */
-export class DpopReplayCache {
+export class DpopReplayCache implements ReplayGuard {
   private readonly seen = new Map<string, number>();
   private readonly max: number;
 
@@ -42,15 +53,15 @@ export class DpopReplayCache {
     return this.seen.size;
   }
 
-  /** Records the proof; false when it was already seen (a replay). */
-  record(key: string, expiresAt: number, now: number): boolean {
+  /** Records the proof's id: `replayed` when it was already seen. */
+  record(key: string, expiresAt: number, now: number): ReplayVerdict {
     for (const [k, exp] of this.seen) {
       if (exp > now && this.seen.size < this.max) break;
       this.seen.delete(k);
     }
-    if (this.seen.has(key)) return false;
+    if (this.seen.has(key)) return 'replayed';
     this.seen.set(key, expiresAt);
-    return true;
+    return 'fresh';
   }
 }
 
@@ -88,7 +99,7 @@ function normalizedUrl(u: string): string | null {
 export async function verifyDpopProof(
   proof: string,
   c: ProofContext,
-  replays: DpopReplayCache,
+  replays: ReplayGuard,
 ): Promise<string | null> {
   if (jose === null) jose = import('jose');
   const { EmbeddedJWK, calculateJwkThumbprint, jwtVerify } = await jose;
@@ -122,7 +133,9 @@ export async function verifyDpopProof(
   if (thumbprint !== c.jkt) return "the DPoP proof's key is not the one the token is bound to (cnf.jkt)";
   const iat = typeof payload.iat === 'number' ? payload.iat * 1000 : c.now;
   const expires = iat + (DPOP_MAX_AGE_SECONDS + c.skewSeconds) * 1000;
-  if (!replays.record(`${thumbprint}\u0000${payload.jti}`, expires, c.now))
-    return 'the DPoP proof was used before (jti)';
+  const verdict = await replays.record(`${thumbprint}\u0000${payload.jti}`, expires, c.now);
+  if (verdict === 'replayed') return 'the DPoP proof was used before (jti)';
+  if (verdict === 'unavailable')
+    return 'the DPoP proof could not be checked for replay (the cluster primary did not answer)';
   return null;
 }

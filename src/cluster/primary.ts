@@ -6,6 +6,7 @@ import { registerSinkMetrics } from '../admin/metrics.js';
 import { Counter, Gauge, Registry } from '../admin/prom.js';
 import { AdminServer, type AdminStatus } from '../admin/server.js';
 import { AuditLog } from '../audit/log.js';
+import { DpopReplayCache } from '../authn/dpop.js';
 import type { Explanation } from '../authz/explain.js';
 import { formatHostPort } from '../config/address.js';
 import type { Config } from '../config/load.js';
@@ -32,7 +33,8 @@ interface Pending {
  * The cluster primary (`workers` > 1): forks the workers, which share the listening ports through
  * it, and does what must happen once per host rather than once per process — the admin endpoints
  * (readiness only when every worker is ready; metrics summed over the workers; status of each),
- * the audit stream (workers hand their events over; one writer per file or collector), restarting
+ * the audit stream (workers hand their events over; one writer per file or collector), the DPoP
+ * replay cache (a proof is accepted once by the cluster, not once per worker), restarting
  * a crashed worker (counted), passing SIGHUP on, and draining every worker on SIGTERM.
  * It never handles a request itself.
  */
@@ -43,6 +45,8 @@ export class ClusterPrimary implements AdminStatus {
   private readonly pending = new Map<number, Pending>();
   private readonly audit: AuditLog | null;
   private readonly registry = new Registry();
+  /** DPoP proof ids for the whole cluster: a proof is accepted once, whichever worker gets it. */
+  private readonly dpopReplays = new DpopReplayCache();
   private admin: AdminServer | null = null;
   private nextId = 1;
   private everStarted = false;
@@ -114,7 +118,10 @@ export class ClusterPrimary implements AdminStatus {
   }
 
   private onMessage(worker: Worker, m: ToPrimary): void {
-    if (m.type === 'portcullis:audit') {
+    if (m.type === 'portcullis:dpop') {
+      const fresh = this.dpopReplays.record(m.key, m.expiresAt, Date.now()) === 'fresh';
+      this.send(worker, { type: 'portcullis:dpop-seen', id: m.id, fresh });
+    } else if (m.type === 'portcullis:audit') {
       const sinks = this.audit?.sinks ?? [];
       for (const line of m.lines) for (const s of sinks) s.offer(line);
     } else if (m.type === 'portcullis:started') {

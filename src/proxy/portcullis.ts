@@ -4,7 +4,7 @@ import { DecisionRing } from '../admin/decisions.js';
 import { Metrics } from '../admin/metrics.js';
 import { AdminServer, type AdminStatus } from '../admin/server.js';
 import { AuditLog } from '../audit/log.js';
-import { DpopReplayCache } from '../authn/dpop.js';
+import { DpopReplayCache, type ReplayGuard } from '../authn/dpop.js';
 import { JwksRegistry, type JwksSource } from '../authn/jwks.js';
 import { AssertionSigner, CookieSealer, LoginProvider, readSessionKey } from '../authn/login.js';
 import { Authorizer } from '../authz/compile.js';
@@ -40,6 +40,8 @@ export interface StartOptions {
    * the audit stream, so this process opens no admin server and hands its audit events over IPC.
    */
   worker?: boolean;
+  /** Where DPoP proof ids are remembered (a cluster worker asks the primary); this process by default. */
+  replayGuard?: ReplayGuard;
 }
 
 export type LogFormat = 'auto' | 'json' | 'pretty';
@@ -104,7 +106,7 @@ export class Portcullis implements AdminStatus {
   /** Metrics and audit, subscribed to this proxy's events. */
   private readonly subscriber: ObservabilitySubscriber;
   /** DPoP proofs seen, kept across reloads (a reload must not let a proof be used twice). */
-  private readonly dpopReplays = new DpopReplayCache();
+  private readonly dpopReplays: ReplayGuard;
   /** Recent decisions for `/decisions/<id>` (null when `admin.decisions.size` is 0 or there is no admin). */
   readonly decisions: DecisionRing | null;
   private listening = false;
@@ -113,7 +115,15 @@ export class Portcullis implements AdminStatus {
   reloads = 0;
   reloadFailures = 0;
 
-  private constructor(config: Config, snapshot: Snapshot, source: X509Source, log: Logger, worker: boolean) {
+  private constructor(
+    config: Config,
+    snapshot: Snapshot,
+    source: X509Source,
+    log: Logger,
+    worker: boolean,
+    replayGuard: ReplayGuard,
+  ) {
+    this.dpopReplays = replayGuard;
     this.config = config;
     this.snapshot = snapshot;
     this.source = source;
@@ -161,7 +171,14 @@ export class Portcullis implements AdminStatus {
       throw err;
     }
     const worker = options.worker === true;
-    const p = new Portcullis(config, snapshot, source, log, worker);
+    const p = new Portcullis(
+      config,
+      snapshot,
+      source,
+      log,
+      worker,
+      options.replayGuard ?? new DpopReplayCache(),
+    );
     try {
       const plans = p.buildPlans(snapshot);
       config.listeners.forEach((lc, i) => {

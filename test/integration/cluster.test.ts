@@ -5,6 +5,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from '../helpers/client.js';
+import { clientKey, proof } from '../helpers/dpop.js';
+import { ISSUER, makeKey, requestAuthentication, type SigningKey, sign } from '../helpers/jwks.js';
 import { makePki, TempDir, type TestPki } from '../helpers/pki.js';
 import { EchoUpstream } from '../helpers/upstream.js';
 import { until } from '../helpers/wait.js';
@@ -79,6 +81,7 @@ describe('cluster mode (workers: 2)', () => {
   let pki: TestPki;
   let c: Cluster;
   let client: { cert: string; key: string; ca: string };
+  let issuer: SigningKey;
   const url = (path: string): string => `https://localhost:${c.port}${path}`;
   const admin = async (path: string): Promise<string> =>
     (await request(`http://127.0.0.1:${c.admin}${path}`)).text;
@@ -89,6 +92,14 @@ describe('cluster mode (workers: 2)', () => {
     dir.write('api.pem', pki.server.certPem);
     dir.write('api.key', pki.server.keyPem);
     dir.write('policies/api.yaml', policy(['/ok/*', '/slow/*']));
+    issuer = await makeKey('k1');
+    dir.write(
+      'policies/dpop.yaml',
+      requestAuthentication([{ issuer: ISSUER, jwks: JSON.stringify({ keys: [issuer.jwk] }) }], 'dpop')
+        .replace('namespace: default }', 'namespace: default, annotations: { portcullis.dev/dpop: "true" } }')
+        // The workload here has no labels: the resource applies to its whole namespace.
+        .replace('  selector: { matchLabels: { app: api } }\n', ''),
+    );
     client = { cert: pki.client.certPem, key: pki.client.keyPem, ca: pki.ca.certPem };
     await new Promise<void>((r) => upstream.server.listen(0, '127.0.0.1', r));
     const up = `http://127.0.0.1:${(upstream.server.address() as AddressInfo).port}`;
@@ -145,6 +156,26 @@ describe('cluster mode (workers: 2)', () => {
     );
     const m = await admin('/metrics');
     expect(metric(m, 'portcullis_audit_events_written_total{sink="file-0"}')).toBe(30);
+  });
+
+  it('accepts a DPoP proof once in the whole cluster, whichever worker gets it again', async () => {
+    const alice = await clientKey();
+    const token = await sign(issuer, { cnf: { jkt: alice.jkt } });
+    const p = await proof(alice, { url: url('/ok/dpop'), token });
+    const headers = { authorization: `DPoP ${token}`, dpop: p };
+    expect((await request(url('/ok/dpop'), { ...client, headers })).status).toBe(200);
+    // New connections go to the workers in turn: the replays reach both, and both refuse them.
+    const again: number[] = [];
+    for (let i = 0; i < 4; i++) again.push((await request(url('/ok/dpop'), { ...client, headers })).status);
+    expect(again).toEqual([401, 401, 401, 401]);
+    // A fresh proof for the same token is fine on any worker.
+    for (let i = 0; i < 2; i++) {
+      const fresh = {
+        authorization: `DPoP ${token}`,
+        dpop: await proof(alice, { url: url('/ok/dpop'), token }),
+      };
+      expect((await request(url('/ok/dpop'), { ...client, headers: fresh })).status).toBe(200);
+    }
   });
 
   it('reloads every worker on SIGHUP, and a bad reload leaves every worker on its last good state', async () => {

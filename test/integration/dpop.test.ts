@@ -1,51 +1,11 @@
-import { createHash, randomUUID } from 'node:crypto';
-import { calculateJwkThumbprint, exportJWK, generateKeyPair, type JWK, SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from '../helpers/client.js';
+import { type ClientKey, clientKey, proof } from '../helpers/dpop.js';
 import { type Harness, startHarness } from '../helpers/harness.js';
 import { ISSUER, JwksServer, makeKey, type SigningKey, sign } from '../helpers/jwks.js';
 import type { EchoReply } from '../helpers/upstream.js';
 
 /** A client's DPoP key pair (RFC 9449 §4): the public JWK goes in every proof's header. */
-type PrivateKey = Awaited<ReturnType<typeof generateKeyPair>>['privateKey'];
-
-interface ClientKey {
-  privateKey: PrivateKey;
-  jwk: JWK;
-  jkt: string;
-}
-
-async function clientKey(alg = 'ES256'): Promise<ClientKey> {
-  const { publicKey, privateKey } = await generateKeyPair(alg, { extractable: true });
-  const jwk = await exportJWK(publicKey);
-  return { privateKey, jwk, jkt: await calculateJwkThumbprint(jwk, 'sha256') };
-}
-
-interface ProofOptions {
-  method?: string;
-  url: string;
-  token: string;
-  iat?: number;
-  jti?: string;
-  typ?: string;
-  jwk?: JWK;
-  ath?: string | null;
-}
-
-function proof(k: ClientKey, o: ProofOptions): Promise<string> {
-  const claims: Record<string, unknown> = {
-    htm: o.method ?? 'GET',
-    htu: o.url,
-    jti: o.jti ?? randomUUID(),
-    iat: o.iat ?? Math.floor(Date.now() / 1000),
-  };
-  const ath = o.ath === undefined ? createHash('sha256').update(o.token).digest('base64url') : o.ath;
-  if (ath !== null) claims.ath = ath;
-  return new SignJWT(claims)
-    .setProtectedHeader({ typ: o.typ ?? 'dpop+jwt', alg: 'ES256', jwk: o.jwk ?? k.jwk })
-    .sign(k.privateKey);
-}
-
 const DPOP_POLICIES = (jwksUri: string): string => `apiVersion: security.istio.io/v1
 kind: RequestAuthentication
 metadata: { name: dpop, namespace: default, annotations: { portcullis.dev/dpop: "true" } }

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { DpopReplayCache, verifyDpopProof } from '../../authn/dpop.js';
+import { DpopReplayCache, type ReplayGuard, verifyDpopProof } from '../../authn/dpop.js';
 import type { JwksRegistry, JwksSource, JwtStats } from '../../authn/jwks.js';
 import {
   CompiledJwtRule,
@@ -59,7 +59,7 @@ export interface JwtStageOptions {
   readonly clockSkewMs: number;
   readonly cacheSize: number;
   /** DPoP proofs seen (kept across reloads by the proxy, so a reload does not reopen replays). */
-  readonly replays?: DpopReplayCache;
+  readonly replays?: ReplayGuard;
 }
 
 /**
@@ -78,7 +78,7 @@ export class JwtStage implements Stage {
   private readonly locations: TokenLocation[];
   private readonly cache: TokenCache;
   private readonly skewSeconds: number;
-  private readonly replays: DpopReplayCache;
+  private readonly replays: ReplayGuard;
   readonly stats: JwtStats;
   /** Headers the proxy writes from tokens; whatever a client sends under these names is dropped. */
   readonly outputHeaders: ReadonlySet<string>;

@@ -40,8 +40,8 @@ describe('DPoP proofs against an injected clock', () => {
 describe('the DPoP replay cache', () => {
   it('refuses a second use, forgets what expired, and never holds more than its bound', () => {
     const c = new DpopReplayCache(3);
-    expect(c.record('a', 1000, 0)).toBe(true);
-    expect(c.record('a', 1000, 1)).toBe(false);
+    expect(c.record('a', 1000, 0)).toBe('fresh');
+    expect(c.record('a', 1000, 1)).toBe('replayed');
     for (const k of ['b', 'c', 'd', 'e']) c.record(k, 1000, 2);
     expect(c.size).toBeLessThanOrEqual(3);
     // After expiry, entries go on the next record.
