@@ -220,6 +220,15 @@ const portcullis = {
       audit: { sinks: [{ type: 'file', path: join(dir, 'audit-2.ndjson') }] },
     }),
   ),
+  // Every decision kept for /decisions/<id> (the default keeps denies only, which this bench has none of).
+  explainall: await startPortcullis(
+    'portcullis-explain-all',
+    portcullisConfig('explainall', {
+      ...full,
+      admin: { address: '127.0.0.1:0', decisions: { record: 'all' } },
+      audit: { sinks: [{ type: 'file', path: join(dir, 'audit-explain.ndjson') }] },
+    }),
+  ),
   nocache: await startPortcullis(
     'portcullis-nocache',
     portcullisConfig('nocache', { ...full, jwt: { cacheSize: 0 }, audit: undefined }),
@@ -266,6 +275,13 @@ const targets = [
     token: tokens.rs,
     enforces: true,
     key: 'noaudit',
+  },
+  {
+    name: 'portcullis everything, every decision kept (decisions record: all)',
+    port: portcullis.explainall,
+    token: tokens.rs,
+    enforces: true,
+    key: 'explainall',
   },
   {
     name: 'portcullis everything, no token cache',
@@ -620,6 +636,13 @@ const RATIOS = [
   ['everythingVsHaproxy', 'everything on / HAProxy', ratio('full', 'haproxy'), 1.0, '≥ 1.0×'],
   ['everythingVsMtlsOnly', 'everything on / mTLS only', ratio(timedBy('full'), mtlsOnly), 0.9, '≥ 0.9×'],
   ['auditOnVsOff', 'audit on / audit off', ratio('full', 'noaudit'), null, 'no measurable cost'],
+  [
+    'decisionsAllVsDeny',
+    'decisions ring keeping every request / denies only',
+    ratio('explainall', 'full'),
+    null,
+    'no measurable cost',
+  ],
   ['twoWorkersVsOne', 'everything on: 2 workers / 1', ratio('full2', 'full'), null, ''],
   ['regoVsEverything', 'everything + Rego / everything', ratio('rego', 'full'), null, ''],
 ];
