@@ -3,6 +3,7 @@ import type { RequestAttributes } from '../authz/attributes.js';
 import type { DecisionOut, TokenReads } from '../authz/compile.js';
 import { headerText, redactQuery } from '../authz/query.js';
 import type { AuditConfig, AuditDecisions, SinkConfig } from '../config/types.js';
+import { isMap } from '../istio/validate.js';
 import { FileSink, HttpSink, PrimarySink, type Sink, StdoutSink } from './sinks.js';
 
 export type { AuditConfig, AuditDecisions, SinkConfig };
@@ -274,10 +275,6 @@ function isGrpcCall(contentType: string | undefined): boolean {
   return contentType?.startsWith('application/grpc') === true;
 }
 
-function isPlainObject(v: unknown): v is Record<string, unknown> {
-  return v !== null && typeof v === 'object' && !Array.isArray(v);
-}
-
 /**
  * The claims at the paths policies read, and nothing else: a nested object along each path whose
  * leaves are the claim's value (an object leaf is kept as `{}`: policies match only strings and
@@ -294,10 +291,10 @@ export function recordedClaims(
     let dst = out;
     for (let i = 0; i < path.length; i++) {
       const k = path[i] as string;
-      const v = isPlainObject(src) ? src[k] : undefined;
+      const v = isMap(src) ? src[k] : undefined;
       const last = i === path.length - 1;
-      if (isPlainObject(v)) {
-        if (!isPlainObject(dst[k])) dst[k] = {};
+      if (isMap(v)) {
+        if (!isMap(dst[k])) dst[k] = {};
         if (last) break;
         dst = dst[k] as Record<string, unknown>;
         src = v;

@@ -6,12 +6,13 @@ import type { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import type { RequestAttributes } from '../authz/attributes.js';
 import { Authorizer, Decision } from '../authz/compile.js';
-import { decidePartial, keysRead } from '../authz/partial.js';
+import { keysRead, PartialAuthorizer } from '../authz/partial.js';
 import type { Config } from '../config/load.js';
 import { errorMessage } from '../errors.js';
 import { namespaceOf } from '../identity/spiffe-id.js';
 import type { AuthorizationPolicy } from '../istio/authorization-policy.js';
 import { appliesTo } from '../istio/selector.js';
+import { isMap } from '../istio/validate.js';
 
 /**
  * Replay: audit events read back (the proxy's own NDJSON, rotated and gzipped files too) and each
@@ -127,10 +128,6 @@ const MAX_GROUPS = 1000;
 
 type EventRecord = Record<string, unknown>;
 
-function isRecord(v: unknown): v is EventRecord {
-  return v !== null && typeof v === 'object' && !Array.isArray(v);
-}
-
 const str = (v: unknown, dflt = ''): string => (typeof v === 'string' ? v : dflt);
 
 /** A request's attributes as its event records them, and which of them it does not hold. */
@@ -161,12 +158,12 @@ class Replayed implements RequestAttributes {
   private readonly hasSni: boolean;
 
   constructor(e: EventRecord, request: EventRecord, workloadPort: number | null) {
-    const source = isRecord(e.source) ? e.source : {};
+    const source = isMap(e.source) ? e.source : {};
     this.method = str(request.method);
     this.host = str(request.host);
     this.path = str(request.path);
     const headers: IncomingHttpHeaders = {};
-    this.recordedHeaders = isRecord(request.headers) ? request.headers : null;
+    this.recordedHeaders = isMap(request.headers) ? request.headers : null;
     if (this.recordedHeaders !== null)
       for (const [k, v] of Object.entries(this.recordedHeaders)) if (typeof v === 'string') headers[k] = v;
     this.headers = headers;
@@ -184,7 +181,7 @@ class Replayed implements RequestAttributes {
     this.peerNamespace = slash === -1 ? '' : namespaceOf(this.peerPrincipal.slice(slash));
     this.requestPrincipal = str(request.principal);
     const token = this.requestPrincipal !== '';
-    this.recordedClaims = token && isRecord(request.claims) ? request.claims : null;
+    this.recordedClaims = token && isMap(request.claims) ? request.claims : null;
     this.claims = token ? (this.recordedClaims ?? {}) : null;
     this.hasAudiences = !token || Array.isArray(request.audiences);
     this.audiences = Array.isArray(request.audiences)
@@ -206,7 +203,7 @@ class Replayed implements RequestAttributes {
       let v: unknown = this.recordedClaims;
       for (const k of key.slice('request.auth.claims['.length, -1).split('][')) {
         // A value where the path goes on (a string, null): known to hold nothing deeper.
-        if (!isRecord(v)) return v !== undefined;
+        if (!isMap(v)) return v !== undefined;
         if (!Object.hasOwn(v, k)) return false;
         v = v[k];
       }
@@ -258,6 +255,7 @@ export async function replayAudit(opts: ReplayOptions): Promise<ReplayReport> {
     appliesTo(p.meta.namespace, p.selector, config.workload, config.rootNamespace),
   );
   const authorizer = new Authorizer(applying);
+  const partial = new PartialAuthorizer(applying);
   const read = [...keysRead(applying)];
   const workloadPorts = new Map(config.listeners.map((l) => [l.name, l.workloadPort]));
   const maxSamples = opts.samples ?? 3;
@@ -297,11 +295,11 @@ export async function replayAudit(opts: ReplayOptions): Promise<ReplayReport> {
         } catch {
           e = undefined;
         }
-        if (!isRecord(e) || e.version !== 1) {
+        if (!isMap(e) || e.version !== 1) {
           invalid++;
           if (invalidSamples.length < MAX_INVALID_SAMPLES)
             invalidSamples.push(
-              `${file}:${lineNo}: ${isRecord(e) ? `schema version ${JSON.stringify(e.version)} is not 1` : 'not a JSON object'}`,
+              `${file}:${lineNo}: ${isMap(e) ? `schema version ${JSON.stringify(e.version)} is not 1` : 'not a JSON object'}`,
             );
           continue;
         }
@@ -314,7 +312,7 @@ export async function replayAudit(opts: ReplayOptions): Promise<ReplayReport> {
           }
         }
         const request = e.request;
-        if (typeof e.requestId !== 'string' || !isRecord(request)) {
+        if (typeof e.requestId !== 'string' || !isMap(request)) {
           skip(typeof e.event === 'string' ? e.event : str(e.reason, 'no request'));
           continue;
         }
@@ -355,7 +353,7 @@ export async function replayAudit(opts: ReplayOptions): Promise<ReplayReport> {
             rule: decision.policy === null ? null : decision.ruleIndex,
           };
         } else {
-          const p = decidePartial(applying, a, (k) => a.known(k));
+          const p = partial.decide(a, (k) => a.known(k));
           outcome = {
             decision: p.outcome,
             reason: p.reason,

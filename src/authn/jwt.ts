@@ -1,5 +1,6 @@
 import type { KeyObject } from 'node:crypto';
 import type { JwtRule } from '../istio/request-authentication.js';
+import { isMap } from '../istio/validate.js';
 import type { JwksKey, JwksSource, JwtStats } from './jwks.js';
 
 /**
@@ -35,10 +36,6 @@ export class CompiledJwtRule {
 }
 
 const NO_AUDIENCES: readonly string[] = Object.freeze([]);
-
-function isPlain(v: unknown): v is Record<string, unknown> {
-  return v !== null && typeof v === 'object' && !Array.isArray(v);
-}
 
 /**
  * A token whose signature and time claims were verified. What authorization reads of it
@@ -85,9 +82,9 @@ export class VerifiedToken {
     this.expMs = typeof payload.exp === 'number' ? payload.exp * 1000 : Number.POSITIVE_INFINITY;
     this.key = key;
     const cnf = payload.cnf;
-    const x5t = isPlain(cnf) ? cnf['x5t#S256'] : undefined;
+    const x5t = isMap(cnf) ? cnf['x5t#S256'] : undefined;
     this.boundTo = typeof x5t === 'string' ? x5t : '';
-    const jkt = isPlain(cnf) ? cnf.jkt : undefined;
+    const jkt = isMap(cnf) ? cnf.jkt : undefined;
     this.jkt = typeof jkt === 'string' ? jkt : '';
   }
 

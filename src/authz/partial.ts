@@ -158,69 +158,83 @@ function policy(p: AuthorizationPolicy, c: Ctx): { value: Tri; rule: number } {
 const id = (p: AuthorizationPolicy): string => `${p.meta.namespace}/${p.meta.name}`;
 
 /**
- * Istio's outcome for `policies` (those applying to the workload; AUDIT, dry-run and CUSTOM ones
- * do not change it), with the attributes `known` says the record lacks treated as unknown.
+ * Istio's outcome for the policies that apply to a workload (AUDIT, dry-run and CUSTOM ones do not
+ * change it), with the attributes `known` says the record lacks treated as unknown. The DENY and
+ * ALLOW lists are picked once; replay asks the same policies about every event.
  */
+export class PartialAuthorizer {
+  private readonly denies: readonly AuthorizationPolicy[];
+  private readonly allows: readonly AuthorizationPolicy[];
+
+  constructor(policies: readonly AuthorizationPolicy[]) {
+    this.denies = policies.filter((p) => p.action === 'DENY' && !p.dryRun);
+    this.allows = policies.filter((p) => p.action === 'ALLOW' && !p.dryRun);
+  }
+
+  decide(a: RequestAttributes, known: Known): PartialDecision {
+    const c = new Ctx(a, known);
+    let deny: Tri = F;
+    for (const p of this.denies) {
+      const r = policy(p, c);
+      if (r.value === T)
+        return {
+          outcome: 'deny',
+          reason: 'denied-by-policy',
+          policy: id(p),
+          rule: r.rule,
+          missing: [],
+          unknownRead: [...c.met],
+        };
+      deny = or(deny, r.value);
+    }
+    let allow: Tri = this.allows.length === 0 ? T : F;
+    let by: { policy: string | null; rule: number } = { policy: null, rule: -1 };
+    for (const p of this.allows) {
+      const r = policy(p, c);
+      if (r.value === T) {
+        allow = T;
+        by = { policy: id(p), rule: r.rule };
+        break;
+      }
+      allow = or(allow, r.value);
+    }
+    // A DENY that might match decides nothing unless the request is denied anyway.
+    if (allow === F)
+      return {
+        outcome: 'deny',
+        reason: 'no-matching-allow',
+        policy: null,
+        rule: -1,
+        missing: [],
+        unknownRead: [...c.met],
+      };
+    if (deny === U || allow === U)
+      return {
+        outcome: 'unknown',
+        reason: 'undecidable',
+        policy: null,
+        rule: -1,
+        missing: [...c.met],
+        unknownRead: [...c.met],
+      };
+    return {
+      outcome: 'allow',
+      reason: this.allows.length === 0 ? 'no-allow-policies' : 'allowed-by-policy',
+      policy: by.policy,
+      rule: by.rule,
+      missing: [],
+      unknownRead: [...c.met],
+    };
+  }
+}
+
+/** One decision with attributes missing (PartialAuthorizer, for a single request). */
 export function decidePartial(
   policies: readonly AuthorizationPolicy[],
   a: RequestAttributes,
   known: Known,
 ): PartialDecision {
-  const c = new Ctx(a, known);
-  const denies = policies.filter((p) => p.action === 'DENY' && !p.dryRun);
-  const allows = policies.filter((p) => p.action === 'ALLOW' && !p.dryRun);
-  let deny: Tri = F;
-  for (const p of denies) {
-    const r = policy(p, c);
-    if (r.value === T)
-      return {
-        outcome: 'deny',
-        reason: 'denied-by-policy',
-        policy: id(p),
-        rule: r.rule,
-        missing: [],
-        unknownRead: [...c.met],
-      };
-    deny = or(deny, r.value);
-  }
-  let allow: Tri = allows.length === 0 ? T : F;
-  let by: { policy: string | null; rule: number } = { policy: null, rule: -1 };
-  for (const p of allows) {
-    const r = policy(p, c);
-    if (r.value === T) {
-      allow = T;
-      by = { policy: id(p), rule: r.rule };
-      break;
-    }
-    allow = or(allow, r.value);
-  }
-  // A DENY that might match decides nothing unless the request is denied anyway.
-  if (allow === F)
-    return {
-      outcome: 'deny',
-      reason: 'no-matching-allow',
-      policy: null,
-      rule: -1,
-      missing: [],
-      unknownRead: [...c.met],
-    };
-  if (deny === U || allow === U)
-    return {
-      outcome: 'unknown',
-      reason: 'undecidable',
-      policy: null,
-      rule: -1,
-      missing: [...c.met],
-      unknownRead: [...c.met],
-    };
-  return {
-    outcome: 'allow',
-    reason: allows.length === 0 ? 'no-allow-policies' : 'allowed-by-policy',
-    policy: by.policy,
-    rule: by.rule,
-    missing: [],
-    unknownRead: [...c.met],
-  };
+  return new PartialAuthorizer(policies).decide(a, known);
 }
 
 /**

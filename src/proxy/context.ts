@@ -1,6 +1,7 @@
 import type { Attributes } from '../authz/attributes.js';
 import { Decision } from '../authz/compile.js';
 import { parseQuery } from '../authz/query.js';
+import type { LocalReply } from './local-reply.js';
 
 /**
  * What the stages of one request read and write, and nothing else: the attributes (plain data),
@@ -79,6 +80,12 @@ export class RequestContext {
   addResponseHeader(name: string, value: string): void {
     if (this.responseHeaders === null) this.responseHeaders = [name, value];
     else this.responseHeaders.push(name, value);
+  }
+
+  /** A stage's refusal: the reply, with why (in the stage's words) kept for the operator's explain. */
+  refuse(reply: LocalReply, detail: string): LocalReply {
+    this.detail = detail;
+    return reply;
   }
 
   /** Removes every `name=` pair from the query forwarded upstream. */

@@ -105,6 +105,8 @@ describe('DPoP-bound tokens (portcullis.dev/dpop)', () => {
         'does not verify',
       ],
       ['not a JWT', Promise.resolve('not.a.proof'), 'does not verify'],
+      ['an oversized jti', proof(alice, { url, token, jti: 'x'.repeat(300) }), 'no usable jti'],
+      ['an empty jti', proof(alice, { url, token, jti: '' }), 'no usable jti'],
     ];
     for (const [name, pending, why] of cases) {
       const id = `dpop-bad-${name.replaceAll(' ', '-')}`;

@@ -13,7 +13,7 @@ import { parseQuery } from '../../authz/query.js';
 import type { JwtRule } from '../../istio/request-authentication.js';
 import type { RequestContext } from '../context.js';
 import { claimHeaderValue, cookieValue, countHeader } from '../headers.js';
-import { type LocalReply, REPLIES } from '../local-reply.js';
+import { REPLIES } from '../local-reply.js';
 import type { Stage, StageResult } from '../plan.js';
 
 enum LocationKind {
@@ -163,15 +163,14 @@ export class JwtStage implements Stage {
     for (const location of this.locations) {
       const token = extract(ctx, location);
       if (token === null) continue;
-      if (token === INVALID) {
-        ctx.detail = `the token in ${location.describe} is empty or not a Bearer credential`;
-        return REPLIES.jwtInvalid;
-      }
+      if (token === INVALID)
+        return ctx.refuse(
+          REPLIES.jwtInvalid,
+          `the token in ${location.describe} is empty or not a Bearer credential`,
+        );
       // Two credentials where one is read: whichever is verified, the other would travel on.
-      if (token === DUPLICATE) {
-        ctx.detail = `${location.describe} was given more than once`;
-        return REPLIES.badRequest;
-      }
+      if (token === DUPLICATE)
+        return ctx.refuse(REPLIES.badRequest, `${location.describe} was given more than once`);
       if (firstToken === null) {
         firstToken = token;
         firstLocation = location;
@@ -239,33 +238,29 @@ export class JwtStage implements Stage {
     const viaDpop = location.dpop && location.lenientPrefix && isDpopScheme(ctx.attrs.headers.authorization);
     if (viaDpop) {
       if (!rule.dpop)
-        return refuseWith(
-          ctx,
+        return ctx.refuse(
           REPLIES.jwtInvalid,
           `the token was sent as DPoP, and ${rule.source} does not accept DPoP`,
         );
       if (v.jkt === '')
-        return refuseWith(
-          ctx,
+        return ctx.refuse(
           REPLIES.jwtUnboundDpop,
           'the token was sent as DPoP, and is not bound to a key (no cnf.jkt)',
         );
       const proof = ctx.attrs.headers.dpop;
       if (typeof proof !== 'string' || countHeader(ctx.rawHeaders, 'dpop') !== 1)
-        return refuseWith(ctx, REPLIES.dpopInvalid, 'the request carries no DPoP proof, or more than one');
+        return ctx.refuse(REPLIES.dpopInvalid, 'the request carries no DPoP proof, or more than one');
       return this.checkProof(ctx, v, token, proof);
     }
     if (!rule.certificateBound && !rule.dpop) return null;
     if (rule.certificateBound && boundHere(v, ctx)) return null;
     if (v.jkt !== '')
-      return refuseWith(
-        ctx,
+      return ctx.refuse(
         REPLIES.jwtUnboundDpop,
         'the token is bound to a DPoP key and was sent as a bearer token',
       );
     if (rule.certificateBound) return unbound(ctx, v);
-    return refuseWith(
-      ctx,
+    return ctx.refuse(
       REPLIES.jwtUnboundDpop,
       `${rule.source} requires DPoP-bound tokens, sent as DPoP with a proof`,
     );
@@ -291,7 +286,7 @@ export class JwtStage implements Stage {
       },
       this.replays,
     );
-    if (why !== null) return refuseWith(ctx, REPLIES.dpopInvalid, why);
+    if (why !== null) return ctx.refuse(REPLIES.dpopInvalid, why);
     // The proof goes with the token: neither reaches the upstream unless the rule forwards the token.
     if (!v.rule.rule.forwardOriginalToken) ctx.dropHeader('dpop');
     return null;
@@ -336,8 +331,7 @@ export class JwtStage implements Stage {
 
   private refuse(ctx: RequestContext, why: string): StageResult {
     this.log.debug({ path: ctx.attrs.path, why }, 'JWT refused');
-    ctx.detail = why;
-    return REPLIES.jwtInvalid;
+    return ctx.refuse(REPLIES.jwtInvalid, why);
   }
 
   private async accept(ctx: RequestContext, found: Found[], verified: VerifiedToken[]): Promise<StageResult> {
@@ -363,12 +357,6 @@ export class JwtStage implements Stage {
   }
 }
 
-/** A refusal, with why for the operator's explain. */
-function refuseWith(ctx: RequestContext, reply: LocalReply, detail: string): LocalReply {
-  ctx.detail = detail;
-  return reply;
-}
-
 /** `Authorization: DPoP …` (the scheme in any case). */
 function isDpopScheme(v: string | undefined): boolean {
   return v !== undefined && v.length > 5 && v.charCodeAt(4) === 32 && v.slice(0, 4).toLowerCase() === 'dpop';
@@ -385,18 +373,21 @@ function boundHere(v: VerifiedToken, ctx: RequestContext): boolean {
 }
 
 function unbound(ctx: RequestContext, v: VerifiedToken): StageResult {
-  ctx.detail =
+  return ctx.refuse(
+    REPLIES.jwtUnbound,
     v.boundTo === ''
       ? `the token has no cnf x5t#S256 claim, and ${v.rule.rule.source} requires certificate-bound tokens`
       : ctx.certThumbprint === ''
         ? 'the token is certificate-bound, and this connection presented no client certificate'
-        : `the token is bound to another certificate (cnf x5t#S256 ${v.boundTo}; this connection's is ${ctx.certThumbprint})`;
-  return REPLIES.jwtUnbound;
+        : `the token is bound to another certificate (cnf x5t#S256 ${v.boundTo}; this connection's is ${ctx.certThumbprint})`,
+  );
 }
 
 function audienceRefused(ctx: RequestContext, v: VerifiedToken): StageResult {
-  ctx.detail = `the token's audiences ${JSON.stringify(v.audiences)} are not among the rule's (${v.rule.rule.issuer})`;
-  return REPLIES.jwtAudience;
+  return ctx.refuse(
+    REPLIES.jwtAudience,
+    `the token's audiences ${JSON.stringify(v.audiences)} are not among the rule's (${v.rule.rule.issuer})`,
+  );
 }
 
 const INVALID = '\u0000invalid';

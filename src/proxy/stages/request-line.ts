@@ -33,24 +33,29 @@ export class RequestLineStage implements Stage {
     if (ctx.http2) {
       const authority = a.headers[':authority'];
       if (typeof authority === 'string') {
-        if (host !== undefined && host !== authority) return refuse(ctx, 'Host and :authority differ');
+        if (host !== undefined && host !== authority)
+          return ctx.refuse(REPLIES.badRequest, 'Host and :authority differ');
         host = authority;
       }
     }
-    if (!isUpperToken(a.method)) return refuse(ctx, 'the method is not an uppercase token');
+    if (!isUpperToken(a.method))
+      return ctx.refuse(REPLIES.badRequest, 'the method is not an uppercase token');
     // Exactly one valid Host (RFC 9112 §3.2): HTTP/1.0 may omit it, but what is authorized on
     // `hosts` must be what the upstream routes on, and Node keeps only the first of two. Header
     // names the config refuses (underscores, method/URL overrides) are refused here too.
     if (host === undefined || !isHostHeader(host))
-      return refuse(ctx, 'no Host, or not exactly one valid Host header');
+      return ctx.refuse(REPLIES.badRequest, 'no Host, or not exactly one valid Host header');
     if (!this.headersAcceptable(ctx.rawHeaders, ctx.http2))
-      return refuse(ctx, 'two Host headers, or a header name refused by the config');
+      return ctx.refuse(REPLIES.badRequest, 'two Host headers, or a header name refused by the config');
     if (url === '*' && a.method === 'OPTIONS') {
       ctx.forwardTarget = url;
       return null;
     }
     if (url.charCodeAt(0) !== 47 /* '/' */ || url.includes('#') || hasEncodedNul(url))
-      return refuse(ctx, 'the request target is not an origin-form path (or holds # or %00)');
+      return ctx.refuse(
+        REPLIES.badRequest,
+        'the request target is not an origin-form path (or holds # or %00)',
+      );
     // The attributes hold the normalized path (requestAttributes); forwarded is what is authorized.
     const q = url.indexOf('?');
     const rawLength = q === -1 ? url.length : q;
@@ -170,10 +175,4 @@ function hasEncodedNul(url: string): boolean {
     i = url.indexOf('%', i + 1);
   }
   return false;
-}
-
-/** A 400, with what was wrong for the operator's explain. */
-function refuse(ctx: RequestContext, detail: string): StageResult {
-  ctx.detail = detail;
-  return REPLIES.badRequest;
 }
